@@ -1,0 +1,244 @@
+"""Thin argparse front: parse, call freeact_export.api, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+from freeact_export import __version__
+from freeact_export.errors import UserError
+
+PROG = "freeact-export"
+
+OVERVIEW = """\
+Quantize LLMs, multimodal LLMs and diffusion LLMs with FreeAct (4-bit weights, 4- or 8-bit
+activations, one activation transform per token type), export them to ONNX, rewrite their
+linear layers into FreeActQuantize + Int4MatMul, build TensorRT engines, prove parity, and
+deploy to Triton or edge GPUs.
+
+The pipeline, one stage per command:
+  eval      perplexity of a PyTorch or ONNX model (shared/EVAL.md protocol)
+  export    floating-point ONNX of a decoder LM, checked against PyTorch
+  quantize  FreeAct or a baseline on the PyTorch model: a quantization plan   [coming]
+  MODEL.onnx  the ONNX-in path: calibrate, rewrite, lower, check              [coming]
+  check     three-way parity: simulation, plugin graph, portable graph        [coming]
+  build     TensorRT engine from the plugin graph                             [coming]
+  triton    Triton Inference Server model repository                          [coming]
+
+Models: a name (smollm2-135m), a Hugging Face folder, a .gguf file, or an ONNX model.
+Corpora: a name (wiki) or a UTF-8 text file. Nothing is downloaded at run time.
+"""
+
+EXAMPLES = """\
+examples:
+  freeact-export eval --model smollm2-135m --corpus wiki
+  freeact-export export --model smollm2-135m -o out/smollm2-135m-fp32
+  freeact-export eval --model out/smollm2-135m-fp32 --corpus wiki --json out/ppl-onnx.json
+"""
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", formatter_class=_formatter, help="perplexity of a PyTorch or ONNX model",
+        description=textwrap.dedent("""\
+            Perplexity on a corpus's eval split, exactly per shared/EVAL.md: the eval text is
+            tokenized once without special tokens, cut into consecutive windows of --seqlen
+            tokens, each window one sequence without KV cache; BOS is prefixed as context only
+            where the tokenizer adds it by default. PyTorch models run in --dtype on --device;
+            ONNX models run in ONNX Runtime with exact session options."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export eval --model smollm2-135m --corpus wiki
+              freeact-export eval --model ./my-hf-folder --corpus notes.txt --windows 8 --seqlen 512
+              freeact-export eval --model out/smollm2-135m-fp32 --corpus wiki --json ppl.json
+              freeact-export eval --model other.onnx --tokenizer smollm2-135m --corpus wiki"""))
+    p.add_argument("--model", required=True, metavar="M",
+                   help="name, Hugging Face folder, .gguf, .onnx, or a folder from 'export'")
+    p.add_argument("--corpus", default="wiki", metavar="C", help="name or UTF-8 text file (default: wiki)")
+    p.add_argument("--seqlen", type=int, default=1024, help="tokens per window (default: 1024)")
+    p.add_argument("--windows", type=int, default=32, help="windows from the start of the eval text (default: 32)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="PyTorch weight dtype (default: float32; ONNX keeps its own)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = CUDA when present (default: auto)")
+    p.add_argument("--tokenizer", metavar="T", help="tokenizer source for an ONNX file that has none beside it")
+    p.add_argument("--json", metavar="PATH", help="also write the full record (settings, per-window NLL) here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from freeact_export import api
+    from freeact_export.config import EvalSpec
+    from freeact_export.files import check_new_output
+
+    spec = _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
+    if args.json:
+        check_new_output(Path(args.json), args.overwrite)  # fail before the long run
+    record = api.evaluate(args.model, args.corpus, spec, dtype=args.dtype, device=args.device,
+                          tokenizer=args.tokenizer)
+    windows = f"{record['windows']} windows x {record['seqlen']} tokens"
+    if record["windows"] < record["windows_requested"]:
+        windows += f" (only {record['windows_available']} fit in the corpus)"
+    print(f"perplexity {record['perplexity']:.3f}  model={args.model} corpus={args.corpus} (eval split) "
+          f"{windows} dtype={record['dtype']} device={record['device']} runtime={record['runtime']} "
+          f"[{record['wall_s']:.0f} s]")
+    if args.json:
+        api.write_json(record, Path(args.json), args.overwrite)
+        print(f"wrote {args.json}")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", formatter_class=_formatter, help="floating-point ONNX of a decoder LM",
+        description=textwrap.dedent("""\
+            Export a decoder LM's prefill graph to ONNX (dynamo exporter): inputs input_ids and
+            attention_mask [batch, sequence], output logits [batch, sequence, vocab], batch and
+            sequence dynamic, no KV cache. Writes a folder: model.onnx (+ model.onnx.data when
+            the weights are large), the tokenizer and config, and export.json. ONNX Runtime
+            then runs the graph on sample text and the max abs difference of its logits
+            against PyTorch's is printed and recorded. The folder is written under a temporary
+            name and renamed when complete."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export export --model smollm2-135m -o out/smollm2-135m-fp32
+              freeact-export export --model ./Qwen2.5-0.5B -o out/qwen --external-data always"""))
+    p.add_argument("--model", required=True, metavar="M", help="name, Hugging Face folder or .gguf file")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="export folder to create")
+    p.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21, needed later for INT4)")
+    p.add_argument("--external-data", default="auto", choices=["auto", "always", "never"],
+                   help="weights in model.onnx.data: auto = only above ~1.8 GB (default: auto)")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch logits check")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from freeact_export import api
+    from freeact_export.config import ExportSpec
+
+    spec = _spec(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify)
+    print(f"exporting {args.model} to ONNX (about a minute per 100M parameters on 2 CPU cores)", flush=True)
+    record = api.export(args.model, args.output, spec, overwrite=args.overwrite)
+    print(f"wrote {args.output}/ ({', '.join(record['files'])}) in {record['export_s']:.0f} s")
+    if "parity_vs_torch" in record:
+        p = record["parity_vs_torch"]
+        print(f"ONNX Runtime vs PyTorch logits: max abs diff {p['max_abs_diff']:.3g} "
+              f"(max |logit| {p['max_abs_reference']:.3g}), SQNR {p['sqnr_db']:.1f} dB "
+              f"over {p['positions']} positions")
+
+
+def _spec(cls, **fields):
+    try:
+        return cls(**fields)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+# Commands whose stage lands with a later issue: their help already says what they will do.
+PLANNED = {
+    "quantize": (
+        "quantize a PyTorch model: FreeAct or a baseline → a quantization plan",
+        """\
+        Calibrate a PyTorch model per token type and compute a quantization plan with FreeAct
+        (per-type activation masks/transforms, one shared weight transform) or a baseline
+        (rtn, smoothquant, quarot, smoothrot, flatquant, gptq, astro), then measure the
+        simulated perplexity. Planned form:
+          freeact-export quantize --model M --method freeact --bits w4a4 --types RULES \\
+              --preset cpu -o DIR
+        Not available in this version yet: it lands with the FreeAct core."""),
+    "rewrite": (
+        "the ONNX-in path, also spelled: freeact-export MODEL.onnx [options]",
+        """\
+        Calibrate an ONNX decoder LM with ONNX Runtime, rewrite every group of linear layers
+        that share an input into FreeActQuantize + Int4MatMul (TensorRT plugins), lower the
+        same plan to a portable standard-ONNX graph, and check three-way parity. Planned form:
+          freeact-export MODEL.onnx --method freeact --bits w4a4 -o DIR
+        Not available in this version yet: it lands with the ONNX rewrite."""),
+    "check": (
+        "parity of the simulation, plugin graph, portable graph (and engine)",
+        """\
+        Compare, with Polygraphy, the PyTorch fake-quant simulation, the plugin graph in ONNX
+        Runtime, the portable graph and (where TensorRT is installed) the engine, on saved
+        inputs; print per-output error statistics and the first diverging node. Planned form:
+          freeact-export check DIR
+        Not available in this version yet: it lands with the ONNX rewrite."""),
+    "build": (
+        "TensorRT engine from the plugin graph",
+        """\
+        Build a TensorRT engine (fp16, an optimisation profile for 1..max tokens, timing
+        cache) from the plugin graph with the FreeAct plugin library loaded. Planned form:
+          freeact-export build DIR --max-tokens 2048
+        Not available in this version yet: it lands with the TensorRT plugins."""),
+    "triton": (
+        "Triton Inference Server model repository",
+        """\
+        Write a Triton model repository: a tensorrt_plan model with the plugin library, an
+        ONNX Runtime (Python backend) model for machines without TensorRT, tokenizer pre/post
+        processing and an ensemble. Planned form:
+          freeact-export triton DIR -o REPO
+        Not available in this version yet: it lands with deployment."""),
+}
+
+
+def _add_planned(sub, name: str) -> None:
+    summary, description = PLANNED[name]
+    p = sub.add_parser(name, formatter_class=_formatter, help=f"{summary} [coming]",
+                       description=textwrap.dedent(description))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(run=lambda args, name=name: _not_yet(name))
+
+
+def _not_yet(name: str) -> None:
+    raise UserError(f"'{name}' is not available in freeact-export {__version__} yet; "
+                    f"see '{PROG} {name} --help' for what it will do")
+
+
+COMMANDS = ("eval", "export", *PLANNED)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_formatter, description=OVERVIEW, epilog=EXAMPLES,
+        usage=f"{PROG} COMMAND [options]\n       {PROG} MODEL.onnx [options]")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog=PROG)
+    _add_eval(sub)
+    _add_export(sub)
+    for name in PLANNED:
+        _add_planned(sub, name)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line; `freeact-export MODEL.onnx ...` is routed to `rewrite`."""
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv = ["rewrite", *argv]
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: every load is local anyway
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        args.run(args)
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; partial outputs were removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

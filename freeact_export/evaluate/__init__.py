@@ -1,0 +1,1 @@
+"""Accuracy measurement: perplexity per shared/EVAL.md, for any logits runner."""

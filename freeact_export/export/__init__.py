@@ -1,0 +1,1 @@
+"""PyTorch → ONNX export of the floating-point model."""

@@ -1,0 +1,1 @@
+"""Comparisons between runners: error statistics that say whether two graphs agree."""

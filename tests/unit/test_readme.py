@@ -1,0 +1,49 @@
+"""The README's commands stay true: the two set-up commands exist and every CLI line parses."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from freeact_export.cli import parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def _code_blocks(text: str) -> list[str]:
+    return re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S)
+
+
+def _commands(text: str) -> list[str]:
+    lines = [line.split("#")[0].strip() for block in _code_blocks(text) for line in block.splitlines()]
+    return [line for line in lines if line]
+
+
+def test_quick_start_has_exactly_the_two_commands():
+    quick = README.split("## Quick start", 1)[1].split("##", 1)[0]
+    assert _commands(quick) == ["bash tools/run_default.sh", "bash tools/test.sh"]
+    for script in ("tools/run_default.sh", "tools/test.sh", "tools/setup.sh"):
+        assert (ROOT / script).is_file()
+    assert "bash tools/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+SCRIPT_LINES = [line.strip() for line in (ROOT / "tools" / "run_default.sh").read_text().splitlines()]
+CLI_LINES = [line for line in _commands(README) + SCRIPT_LINES if line.startswith("freeact-export ")]
+
+
+@pytest.mark.parametrize("line", CLI_LINES)
+def test_documented_cli_lines_parse(line):
+    args = parse_args(shlex.split(line)[1:])
+    assert callable(args.run)
+
+
+def test_readme_figures_match_the_recorded_results():
+    import json
+
+    records = {name: json.loads((ROOT / "results" / "smollm2-135m" / f"{name}.json").read_text())
+               for name in ("ppl-torch", "ppl-onnx")}
+    for record in records.values():
+        assert f"**{record['perplexity']:.3f}**" in README
+        assert (record["windows"], record["seqlen"], record["corpus"]) == (32, 1024, "wiki")
