@@ -10,16 +10,23 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 
 
-def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names - {"schema_version"})
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
-    return cls(**{k: v for k, v in data.items() if k in names})
+class _Versioned:
+    """to_dict / from_dict for a frozen dataclass; unknown keys are an error, not ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"schema_version"})
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(_Versioned):
     """Perplexity protocol of shared/EVAL.md: non-overlapping windows of the eval split.
 
     Attributes:
@@ -38,19 +45,12 @@ class EvalSpec:
         if self.windows < 1:
             raise ValueError(f"windows must be at least 1 (got {self.windows})")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalSpec:
-        return _from_dict(cls, data)
-
 
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportSpec:
+class ExportSpec(_Versioned):
     """How the floating-point prefill graph is written.
 
     Attributes:
@@ -72,9 +72,57 @@ class ExportSpec:
         if self.opset < 18:
             raise ValueError(f"opset must be at least 18 (got {self.opset})")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExportSpec:
-        return _from_dict(cls, data)
+GRANULARITIES = ("channel", "group", "token", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec(_Versioned):
+    """One quantizer: integer width, symmetry and what shares a scale.
+
+    Attributes:
+        bits: 4 or 8.
+        symmetric: codes in [-2^(b-1), 2^(b-1)-1] with scale = absmax / (2^(b-1)-1), so the
+            most negative code is never produced and negation is exact; asymmetric codes in
+            [0, 2^b - 1] with a zero point.
+        granularity: "channel" (one scale per output row of a weight), "group" (per
+            `group_size` consecutive inputs of a row), "token" (per row of activations, at
+            run time) or "tensor".
+        group_size: inputs per group when granularity == "group".
+        clip_ratio: fraction of the range kept before rounding (1.0 = no clipping).
+    """
+
+    bits: int = 4
+    symmetric: bool = True
+    granularity: str = "channel"
+    group_size: int = 0
+    clip_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8 (got {self.bits})")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES} (got {self.granularity})")
+        if (self.granularity == "group") != (self.group_size > 0):
+            raise ValueError("group_size is set exactly when granularity is 'group'")
+        if not 0.0 < self.clip_ratio <= 1.0:
+            raise ValueError(f"clip_ratio must be in (0, 1] (got {self.clip_ratio})")
+
+
+BITS_PRESETS = ("w4a4", "w4a8", "w4a16")
+
+
+def bits_preset(name: str, in_features: int) -> tuple[QuantSpec, QuantSpec | None]:
+    """EVAL.md's standard settings: (weight quantizer, activation quantizer or None).
+
+    W4A4 / W4A8: INT4 symmetric per output channel, INT4 / INT8 symmetric per token.
+    W4A16: INT4 symmetric in groups of 128 inputs (per channel where `in_features` is not a
+    multiple of 128), activations in floating point.
+    """
+    if name == "w4a16":
+        group = in_features % 128 == 0
+        weight = QuantSpec(4, True, "group" if group else "channel", 128 if group else 0)
+        return weight, None
+    if name in ("w4a4", "w4a8"):
+        return QuantSpec(4, True, "channel"), QuantSpec(int(name[-1]), True, "token")
+    raise ValueError(f"bits must be one of {BITS_PRESETS} (got {name})")

@@ -1,0 +1,1 @@
+"""Quantizers, the INT4 packing reference, and the quantization methods."""

@@ -1,0 +1,119 @@
+"""Integer quantizers: the exact codes and scales the kernels consume, and their fake-quant twin.
+
+Conventions (shared with the ONNX rewrite and the CUDA kernels):
+- codes = round_half_to_even(x / scale) (+ zero), clamped to the code range; x / scale is a
+  true division in the tensor's float type.
+- symmetric: scale = clip · absmax / qmax with qmax = 2^(b-1) - 1; codes in [-qmax-1, qmax],
+  and -qmax-1 is never produced from unclipped data, so negation stays exact.
+- asymmetric: range [min(x, 0), max(x, 0)] · clip over 2^b - 1 steps; zero = round(-lo / scale);
+  codes in [0, 2^b - 1]; x ≈ (codes - zero) · scale.
+- an all-zero row gets scale 1 (codes 0), never a division by zero.
+Scales keep the reduced dimension: [rows, 1] per channel / token, [rows, K/g] per group
+(stored [rows, K/g], broadcast as [rows, K/g, 1]), [1] per tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from freeact_export.config import QuantSpec
+
+
+def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def code_dtype(spec: QuantSpec) -> torch.dtype:
+    """int8 for symmetric codes, uint8 for asymmetric codes and their zero points."""
+    return torch.int8 if spec.symmetric else torch.uint8
+
+
+@dataclasses.dataclass
+class Quantized:
+    """Integer codes (code_dtype, shape of the input), scales, and zero points (asymmetric only)."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+
+
+def _grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """View x so the last dim holds exactly the elements that share one scale."""
+    if spec.granularity == "group":
+        if x.shape[-1] % spec.group_size:
+            raise ValueError(f"input dim {x.shape[-1]} is not a multiple of group_size {spec.group_size}")
+        return x.reshape(*x.shape[:-1], x.shape[-1] // spec.group_size, spec.group_size)
+    if spec.granularity == "tensor":
+        return x.reshape(1, -1)
+    return x
+
+
+def _scale_zero(g: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float):
+    """Scale (and zero) per last-dim slice of the grouped view; differentiable in `clip`."""
+    lo_code, hi_code = code_range(spec.bits, spec.symmetric)
+    if spec.symmetric:
+        absmax = g.abs().amax(dim=-1, keepdim=True) * clip
+        scale = absmax / hi_code
+        return torch.where(absmax > 0, scale, torch.ones_like(scale)), None
+    lo = g.amin(dim=-1, keepdim=True).clamp(max=0) * clip
+    hi = g.amax(dim=-1, keepdim=True).clamp(min=0) * clip
+    scale = (hi - lo) / (hi_code - lo_code)
+    scale = torch.where(hi > lo, scale, torch.ones_like(scale))
+    zero = torch.round(-lo / scale).clamp(lo_code, hi_code)
+    return scale, zero
+
+
+def _codes(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec: QuantSpec, ste: bool):
+    lo_code, hi_code = code_range(spec.bits, spec.symmetric)
+    t = g / scale
+    rounded = t + (torch.round(t) - t).detach() if ste else torch.round(t)
+    if zero is not None:
+        rounded = rounded + zero
+    return rounded.clamp(lo_code, hi_code)
+
+
+def quantize(x: torch.Tensor, spec: QuantSpec) -> Quantized:
+    """Integer codes and scales of x under `spec` (clip_ratio from the spec)."""
+    g = _grouped(x, spec)
+    scale, zero = _scale_zero(g, spec, spec.clip_ratio)
+    codes = _codes(g, scale, zero, spec, ste=False).to(code_dtype(spec)).reshape(x.shape)
+    if spec.granularity == "group":
+        scale = scale.squeeze(-1)
+        zero = None if zero is None else zero.squeeze(-1)
+    elif spec.granularity == "tensor":
+        scale = scale.reshape(1)
+        zero = None if zero is None else zero.reshape(1)
+    return Quantized(codes, scale, None if zero is None else zero.to(code_dtype(spec)))
+
+
+def dequantize(q: Quantized, spec: QuantSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    codes = _grouped(q.codes.to(dtype), spec)
+    scale = q.scale.to(dtype)
+    zero = None if q.zero is None else q.zero.to(dtype)
+    if spec.granularity == "group":
+        scale = scale.unsqueeze(-1)
+        zero = None if zero is None else zero.unsqueeze(-1)
+    if zero is not None:
+        codes = codes - zero
+    return (codes * scale).reshape(q.codes.shape)
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Quantize-dequantize with straight-through rounding, differentiable in x and `clip`.
+
+    Args:
+        x: activations [..., K] or a weight [N, K].
+        spec: the quantizer.
+        clip: learnable clipping factor broadcastable to the scale (e.g. sigmoid of a
+            parameter, one per output channel); defaults to spec.clip_ratio.
+    """
+    g = _grouped(x, spec)
+    scale, zero = _scale_zero(g, spec, spec.clip_ratio if clip is None else clip)
+    codes = _codes(g, scale, zero, spec, ste=True)
+    if zero is not None:
+        codes = codes - zero
+    return (codes * scale).reshape(x.shape)

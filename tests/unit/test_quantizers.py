@@ -1,0 +1,112 @@
+"""Quantizers against independent fp64 formulas; packing bit-exact against a byte-level reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from freeact_export.config import QuantSpec, bits_preset
+from freeact_export.quantize.packing import pack_int4, unpack_int4
+from freeact_export.quantize.quantizers import dequantize, fake_quantize, quantize
+
+
+def _reference_symmetric(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric quantization written out in float64."""
+    qmax = 2 ** (bits - 1) - 1
+    absmax = np.abs(x).max(axis=-1, keepdims=True)
+    scale = np.where(absmax > 0, absmax / qmax, 1.0)
+    return np.clip(np.round(x / scale), -qmax - 1, qmax), scale
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_symmetric_per_channel_matches_fp64_reference(bits):
+    x = torch.randn(16, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    q = quantize(x, QuantSpec(bits, True, "channel"))
+    codes, scale = _reference_symmetric(x.numpy(), bits)
+    assert np.array_equal(q.codes.numpy(), codes)
+    assert np.allclose(q.scale.numpy(), scale, rtol=0, atol=0)
+    assert q.codes.min() >= -(2 ** (bits - 1)) + 1  # the most negative code is never produced
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, True, "channel"), QuantSpec(8, True, "token"),
+                                  QuantSpec(4, False, "channel"), QuantSpec(8, False, "token"),
+                                  QuantSpec(4, True, "group", 32), QuantSpec(4, False, "group", 16),
+                                  QuantSpec(8, True, "tensor")])
+def test_round_trip_error_is_at_most_half_a_step(spec):
+    x = torch.randn(8, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    q = quantize(x, spec)
+    y = dequantize(q, spec, torch.float64)
+    # Independent bound: with no clipping, every value is within half a step of its code.
+    step = q.scale if spec.granularity != "group" else q.scale.repeat_interleave(spec.group_size, dim=-1)
+    assert torch.all((x - y).abs() <= step / 2 + 1e-12)
+    assert torch.allclose(fake_quantize(x, spec), y, atol=1e-12)
+
+
+def test_asymmetric_codes_and_zero_points_are_unsigned_and_in_range():
+    x = torch.rand(4, 32, dtype=torch.float64) + 0.5  # all positive: zero point at 0
+    q = quantize(x, QuantSpec(4, False, "channel"))
+    assert q.codes.dtype == torch.uint8 and q.zero.dtype == torch.uint8
+    assert int(q.codes.max()) == 15 and torch.all(q.zero == 0)
+
+
+def test_group_scales_are_per_group():
+    x = torch.ones(2, 8, dtype=torch.float64)
+    x[:, 4:] = 10.0
+    q = quantize(x, QuantSpec(4, True, "group", 4))
+    assert q.scale.shape == (2, 2)
+    assert torch.allclose(q.scale, torch.tensor([[1 / 7, 10 / 7]] * 2, dtype=torch.float64))
+
+
+def test_zero_rows_do_not_divide_by_zero():
+    q = quantize(torch.zeros(3, 8), QuantSpec(4, True, "token"))
+    assert torch.all(q.codes == 0) and torch.all(q.scale == 1)
+
+
+def test_clipping_shrinks_the_scale_and_saturates():
+    x = torch.tensor([[0.1, -0.2, 7.0]], dtype=torch.float64)
+    q = quantize(x, QuantSpec(4, True, "channel", clip_ratio=0.5))
+    assert q.scale.item() == pytest.approx(3.5 / 7)
+    assert q.codes.tolist() == [[0, 0, 7]]
+
+
+def test_straight_through_gradients_reach_input_and_clip():
+    x = torch.randn(4, 16, requires_grad=True)
+    clip = torch.full((4, 1), 0.9, requires_grad=True)
+    fake_quantize(x, QuantSpec(4, True, "channel"), clip).pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert clip.grad is not None and clip.grad.abs().sum() > 0
+
+
+def test_bits_presets_follow_eval_md():
+    assert bits_preset("w4a4", 576) == (QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"))
+    assert bits_preset("w4a8", 576)[1] == QuantSpec(8, True, "token")
+    assert bits_preset("w4a16", 1536) == (QuantSpec(4, True, "group", 128), None)
+    assert bits_preset("w4a16", 576) == (QuantSpec(4, True, "channel"), None)  # 576 % 128 != 0
+
+
+def _reference_pack(codes: np.ndarray) -> np.ndarray:
+    """Byte-by-byte: low nibble = even element, high nibble = odd element, two's complement."""
+    flat = codes.reshape(-1, codes.shape[-1])
+    out = np.zeros((flat.shape[0], flat.shape[1] // 2), dtype=np.uint8)
+    for r in range(flat.shape[0]):
+        for i in range(flat.shape[1] // 2):
+            lo, hi = int(flat[r, 2 * i]) % 16, int(flat[r, 2 * i + 1]) % 16
+            out[r, i] = lo + 16 * hi
+    return out.reshape(*codes.shape[:-1], -1)
+
+
+def test_pack_matches_byte_reference_and_unpack_is_the_identity():
+    gen = torch.Generator().manual_seed(2)
+    signed = torch.randint(-8, 8, (3, 5, 12), generator=gen, dtype=torch.int8)
+    packed = pack_int4(signed)
+    assert packed.dtype == torch.uint8 and packed.shape == (3, 5, 6)
+    assert np.array_equal(packed.numpy(), _reference_pack(signed.numpy()))
+    assert torch.equal(unpack_int4(packed, signed=True), signed)
+    unsigned = torch.randint(0, 16, (7, 10), generator=gen, dtype=torch.int8)
+    assert torch.equal(unpack_int4(pack_int4(unsigned), signed=False), unsigned)
+
+
+def test_pack_refuses_odd_length_and_out_of_range():
+    with pytest.raises(ValueError, match="even"):
+        pack_int4(torch.zeros(3, dtype=torch.int8))
+    with pytest.raises(ValueError, match="INT4 codes"):
+        pack_int4(torch.tensor([20, 1], dtype=torch.int16))
