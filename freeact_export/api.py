@@ -15,16 +15,20 @@ import onnxruntime as ort
 import torch
 
 from freeact_export import __version__
-from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
-from freeact_export.config import EvalSpec, ExportSpec
+from freeact_export.assets import Corpus, ModelSource, resolve_corpus, resolve_model
+from freeact_export.calibrate.run import calibrate, calibration_windows
+from freeact_export.config import BITS_PRESETS, CALIB_PRESETS, EvalSpec, ExportSpec
 from freeact_export.errors import UserError
-from freeact_export.evaluate.perplexity import bos_context_id, eval_windows, perplexity
+from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
 from freeact_export.export.prefill import export_prefill
 from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
+from freeact_export.quantize.planner import METHODS, build_plan
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
+from freeact_export.simulate.fake_quant import SimulatedLogits
+from freeact_export.token_types import TokenTypes
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -72,20 +76,27 @@ def evaluate(model: str, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str
     source = resolve_model(model)
     text = resolve_corpus(corpus)
     device = resolve_device(device, source)
-    tok = load_tokenizer(source, tokenizer)
-    token_ids = tok(text.eval_text, add_special_tokens=False).input_ids
-    windows = eval_windows(token_ids, spec, bos_context_id(tok), corpus)
+    windows = _windows(load_tokenizer(source, tokenizer), text, spec)  # before the slow model load
     if source.kind == "onnx":
         runner = OrtLogits(source.path, device)
     else:
         runner = TorchLogits(load_torch_model(source, dtype, device))
+    return {"model": model, "model_path": str(source.path),
+            **_perplexity_record(runner, windows, text, spec, progress), "device": device}
+
+
+def _windows(tokenizer, corpus: Corpus, spec: EvalSpec) -> Windows:
+    token_ids = tokenizer(corpus.eval_text, add_special_tokens=False).input_ids
+    return eval_windows(token_ids, spec, bos_context_id(tokenizer), corpus.name)
+
+
+def _perplexity_record(runner, windows: Windows, corpus: Corpus, spec: EvalSpec, progress: bool) -> dict:
+    """Run the EVAL.md protocol with any runner; the record holds every setting beside the figure."""
     start = time.perf_counter()
     result = perplexity(runner, windows, progress)
     return {
         "kind": "perplexity",
-        "model": model,
-        "model_path": str(source.path),
-        "corpus": corpus,
+        "corpus": corpus.name,
         "split": "eval",
         "seqlen": spec.seqlen,
         "windows": result.windows,
@@ -94,7 +105,6 @@ def evaluate(model: str, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str
         "bos_context": bool(windows.context),
         "predictions": result.predictions,
         "dtype": runner.dtype,
-        "device": device,
         "runtime": runner.runtime,
         "perplexity": result.perplexity,
         "nll_mean": result.nll_mean,
@@ -148,3 +158,74 @@ def export(model: str, output: str | Path, spec: ExportSpec = ExportSpec(), *,
             del ort_runner
         (tmp / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = "w4a4", types: str = "single",
+             preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0, device: str = "auto",
+             eval_spec: EvalSpec | None = EvalSpec(), overwrite: bool = False, progress: bool = True) -> dict:
+    """Calibrate, plan and (unless eval_spec is None) measure the simulated perplexity.
+
+    Args:
+        model: registry name, Hugging Face folder or .gguf (ONNX models take the ONNX-in path).
+        corpus: calibration comes from its calibration split, evaluation from its eval split.
+        method: one of freeact_export.quantize.planner.METHODS.
+        bits: "w4a4", "w4a8" or "w4a16" (EVAL.md's standard settings).
+        types: token-type rules (freeact_export.token_types), "single" for one type.
+        preset: calibration preset, "cpu" (32 x 512 tokens) or "gpu" (128 x 1024).
+        output: folder for plan.json, plan.safetensors and report.json (None: write nothing).
+        seed: the method's random choices (calibration windows always use seed 0).
+    """
+    source = resolve_model(model)
+    if source.kind == "onnx":
+        raise UserError(f"{model} is ONNX; quantize it with 'freeact-export {model} ...' (the ONNX-in path)")
+    if method not in METHODS:
+        raise UserError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    if bits not in BITS_PRESETS:
+        raise UserError(f"unknown bits '{bits}'; choose one of {', '.join(BITS_PRESETS)}")
+    if preset not in CALIB_PRESETS:
+        raise UserError(f"unknown preset '{preset}'; choose one of {', '.join(CALIB_PRESETS)}")
+    try:
+        token_types = TokenTypes.parse(types)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    out = None if output is None else Path(output)
+    if out is not None:
+        check_new_output(out, overwrite)
+    text = resolve_corpus(corpus)
+    device = resolve_device(device, source)
+    tok = load_tokenizer(source)
+    windows = None if eval_spec is None else _windows(tok, text, eval_spec)
+    calib_spec = CALIB_PRESETS[preset]
+    calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
+    calib_windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
+    torch_model = load_torch_model(source, "float32", device)
+
+    start = time.perf_counter()
+    record = calibrate(torch_model, calib_windows, token_types, calib_spec, progress)
+    calibrated = time.perf_counter()
+    plan = build_plan(torch_model, record, method, bits, seed, progress)
+    planned = time.perf_counter()
+    plan.info.update({"model": model, "corpus": corpus, "preset": preset, "calibration": calib_spec.to_dict(),
+                      "type_token_counts": {name: record.stats[record.groups[0].name][k].count
+                                            for k, name in enumerate(token_types.names)}})
+    report = {"kind": "quantize", "model": model, "model_path": str(source.path), "method": method, "bits": bits,
+              "types": token_types.to_text(), "preset": preset, "seed": seed, "device": device,
+              "calibration_s": round(calibrated - start, 1), "plan_s": round(planned - calibrated, 1),
+              "quantize_s": round(planned - start, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
+              "calibration": plan.info["calibration"], "type_token_counts": plan.info["type_token_counts"],
+              "groups": len(plan.groups)}
+    if windows is not None:
+        report["eval"] = _perplexity_record(SimulatedLogits(torch_model, plan), windows, text, eval_spec, progress)
+    if out is not None:
+        with atomic_path(out, overwrite) as tmp:
+            tmp.mkdir()
+            plan.write_into(tmp)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -21,7 +21,7 @@ deploy to Triton or edge GPUs.
 The pipeline, one stage per command:
   eval      perplexity of a PyTorch or ONNX model (shared/EVAL.md protocol)
   export    floating-point ONNX of a decoder LM, checked against PyTorch
-  quantize  FreeAct or a baseline on the PyTorch model: a quantization plan   [coming]
+  quantize  a quantization plan and its simulated perplexity (baselines now; FreeAct next)
   MODEL.onnx  the ONNX-in path: calibrate, rewrite, lower, check              [coming]
   check     three-way parity: simulation, plugin graph, portable graph        [coming]
   build     TensorRT engine from the plugin graph                             [coming]
@@ -136,6 +136,69 @@ def _run_export(args: argparse.Namespace) -> None:
               f"over {p['positions']} positions")
 
 
+def _add_quantize(sub) -> None:
+    from freeact_export.config import BITS_PRESETS, CALIB_PRESETS
+    from freeact_export.quantize.planner import METHODS
+
+    p = sub.add_parser(
+        "quantize", formatter_class=_formatter, help="quantize a PyTorch model into a plan; simulated perplexity",
+        description=textwrap.dedent("""\
+            Calibrate a PyTorch model per token type, compute a quantization plan, and measure
+            its perplexity with fake quantization (EVAL.md protocol) before anything is exported.
+
+            methods: rtn (no transform), smoothquant (alpha 0.5), quarot (randomised Hadamard
+            on every linear group's input), smoothrot (smoothing alpha 0.5, then Hadamard).
+            FreeAct, FlatQuant-style, GPTQ and Astro join with the FreeAct core.
+            bits (EVAL.md): w4a4 / w4a8 = INT4 per-channel weights, INT4 / INT8 per-token
+            activations; w4a16 = INT4 weights in groups of 128, float activations.
+            types: token-type rules, first match wins, type 0 = every other token:
+              single                       one type
+              sink=pos:1                   the first token (attention sink) vs the rest
+              mask=ids:126336              a mask / image token id set
+              vision=input:token_type_ids  an explicit model input
+              sink=pos:1;mask=ids:126336   combinations
+            presets: cpu = 32 calibration windows x 512 tokens; gpu = 128 x 1024 (EVAL.md)."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export quantize --model smollm2-135m --method quarot --bits w4a4 -o out/quarot-w4a4
+              freeact-export quantize --model smollm2-135m --method rtn --bits w4a16 --windows 8
+              freeact-export quantize --model ./qwen --method smoothrot --types "sink=pos:1" --device cuda"""))
+    p.add_argument("--model", required=True, metavar="M", help="name, Hugging Face folder or .gguf file")
+    p.add_argument("--corpus", default="wiki", metavar="C", help="calibration + eval corpus (default: wiki)")
+    p.add_argument("--method", default="rtn", choices=METHODS, help="quantization method (default: rtn)")
+    p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="standard setting (default: w4a4)")
+    p.add_argument("--types", default="single", metavar="RULES", help="token-type rules (default: single)")
+    p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default: 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    p.add_argument("--windows", type=int, default=32, help="eval windows for the simulated perplexity (default: 32)")
+    p.add_argument("--seqlen", type=int, default=1024, help="eval window length (default: 1024)")
+    p.add_argument("--no-eval", action="store_true", help="write the plan without measuring perplexity")
+    p.add_argument("-o", "--output", metavar="DIR", help="folder for plan.json, plan.safetensors, report.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> None:
+    from freeact_export import api
+    from freeact_export.config import EvalSpec
+
+    eval_spec = None if args.no_eval else _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
+    report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
+                          seed=args.seed, device=args.device, eval_spec=eval_spec, overwrite=args.overwrite)
+    counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
+    print(f"{args.method} {args.bits}: {report['groups']} linear groups planned in {report['quantize_s']:.0f} s "
+          f"(calibration {report['calibration_s']:.0f} s; tokens per type: {counts}); "
+          f"peak memory {report['peak_rss_gb']:.1f} GB")
+    if "eval" in report:
+        e = report["eval"]
+        print(f"simulated perplexity {e['perplexity']:.3f}  model={args.model} corpus={args.corpus} (eval split) "
+              f"{e['windows']} windows x {e['seqlen']} tokens dtype={e['dtype']} device={report['device']} "
+              f"[{e['wall_s']:.0f} s]")
+    if args.output:
+        print(f"wrote {args.output}/ (plan.json, plan.safetensors, report.json)")
+
+
 def _spec(cls, **fields):
     try:
         return cls(**fields)
@@ -145,16 +208,6 @@ def _spec(cls, **fields):
 
 # Commands whose stage lands with a later issue: their help already says what they will do.
 PLANNED = {
-    "quantize": (
-        "quantize a PyTorch model: FreeAct or a baseline → a quantization plan",
-        """\
-        Calibrate a PyTorch model per token type and compute a quantization plan with FreeAct
-        (per-type activation masks/transforms, one shared weight transform) or a baseline
-        (rtn, smoothquant, quarot, smoothrot, flatquant, gptq, astro), then measure the
-        simulated perplexity. Planned form:
-          freeact-export quantize --model M --method freeact --bits w4a4 --types RULES \\
-              --preset cpu -o DIR
-        Not available in this version yet: it lands with the FreeAct core."""),
     "rewrite": (
         "the ONNX-in path, also spelled: freeact-export MODEL.onnx [options]",
         """\
@@ -202,7 +255,7 @@ def _not_yet(name: str) -> None:
                     f"see '{PROG} {name} --help' for what it will do")
 
 
-COMMANDS = ("eval", "export", *PLANNED)
+COMMANDS = ("eval", "export", "quantize", *PLANNED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog=PROG)
     _add_eval(sub)
     _add_export(sub)
+    _add_quantize(sub)
     for name in PLANNED:
         _add_planned(sub, name)
     return parser

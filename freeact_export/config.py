@@ -126,3 +126,28 @@ def bits_preset(name: str, in_features: int) -> tuple[QuantSpec, QuantSpec | Non
     if name in ("w4a4", "w4a8"):
         return QuantSpec(4, True, "channel"), QuantSpec(int(name[-1]), True, "token")
     raise ValueError(f"bits must be one of {BITS_PRESETS} (got {name})")
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibSpec(_Versioned):
+    """Calibration data per shared/EVAL.md: windows at uniformly random offsets, seed 0.
+
+    Attributes:
+        windows / seqlen: how many windows of how many tokens (CPU preset: 32 x 512).
+        samples_per_type: activation rows kept per group and type for learning methods.
+        min_tokens: fewer tokens of a type than this is an error naming the type.
+        seed: the offsets' seed (stays 0 across method seeds, so every method sees the same data).
+    """
+
+    windows: int = 32
+    seqlen: int = 512
+    samples_per_type: int = 2048
+    min_tokens: int = 16
+    seed: int = 0
+
+
+# Calibration presets (EVAL.md): the CPU one says what it trades away in its name.
+CALIB_PRESETS = {
+    "cpu": CalibSpec(windows=32, seqlen=512),
+    "gpu": CalibSpec(windows=128, seqlen=1024, samples_per_type=8192),
+}

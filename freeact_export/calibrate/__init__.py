@@ -1,0 +1,1 @@
+"""Calibration: activation statistics per token type for every group of linear layers."""

@@ -1,0 +1,63 @@
+"""Linear groups: the layers that read the same activation tensor (q/k/v, gate/up, o, down).
+
+Found by running the model once with probes that note which tensor each linear reads, so no
+architecture table is needed: any layout whose linears share inputs is grouped correctly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from freeact_export.module_surgery import block_linears, swap_module
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearGroup:
+    """Linears sharing one input.
+
+    Attributes:
+        name: "<first linear's qualified name>" with "+sibling" suffixes, e.g.
+            "model.layers.0.self_attn.q_proj+k_proj+v_proj".
+        linears: qualified module names, in module order.
+        in_features: the shared input's width.
+    """
+
+    name: str
+    linears: tuple[str, ...]
+    in_features: int
+
+
+class _InputProbe(torch.nn.Module):
+    def __init__(self, linear: torch.nn.Linear, seen: list):
+        super().__init__()
+        self.linear, self.seen = linear, seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x)  # holding the tensor keeps its id unique (no allocator reuse)
+        return self.linear(x)
+
+
+def find_linear_groups(model: torch.nn.Module, input_ids: torch.Tensor) -> list[LinearGroup]:
+    """Group the block linears by the tensor they read during one forward of `input_ids`."""
+    linears = block_linears(model)
+    seen: dict[str, list] = {name: [] for name in linears}
+    for name, linear in linears.items():
+        swap_module(model, name, _InputProbe(linear, seen[name]))
+    try:
+        with torch.inference_mode():
+            model(input_ids=input_ids, use_cache=False)
+    finally:
+        for name, linear in linears.items():
+            swap_module(model, name, linear)
+    by_input: dict[tuple, list[str]] = {}
+    for name in linears:
+        key = tuple(id(t) for t in seen[name])  # same tensors read => same group
+        by_input.setdefault(key if key else (name,), []).append(name)
+    groups = []
+    for names in by_input.values():
+        first = names[0]
+        suffix = "".join("+" + n.rpartition(".")[2] for n in names[1:])
+        groups.append(LinearGroup(first + suffix, tuple(names), linears[first].in_features))
+    return groups

@@ -1,0 +1,71 @@
+"""The calibration pass: sample windows, run the model, collect per-type stats per group."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from freeact_export.calibrate.groups import LinearGroup, find_linear_groups
+from freeact_export.calibrate.stats import GroupRecorder, TypeContext, TypeStats
+from freeact_export.config import CalibSpec
+from freeact_export.errors import UserError
+from freeact_export.module_surgery import swap_module
+from freeact_export.token_types import TokenTypes
+
+
+@dataclasses.dataclass
+class CalibrationRecord:
+    """Statistics per group and token type; the input of every planner."""
+
+    token_types: TokenTypes
+    groups: list[LinearGroup]
+    stats: dict[str, list[TypeStats]]
+    spec: CalibSpec
+
+
+def calibration_windows(token_ids: list[int], spec: CalibSpec, bos_id: int | None) -> np.ndarray:
+    """[windows, seqlen (+1 with BOS)] int64 at uniform random offsets of the calibration text."""
+    if len(token_ids) <= spec.seqlen:
+        raise UserError(f"the calibration text has {len(token_ids)} tokens, not more than one window of "
+                        f"{spec.seqlen}; lower the calibration seqlen or give a longer corpus")
+    gen = np.random.default_rng(spec.seed)
+    starts = gen.integers(0, len(token_ids) - spec.seqlen, size=spec.windows)
+    ids = np.stack([np.asarray(token_ids[s:s + spec.seqlen], dtype=np.int64) for s in starts])
+    if bos_id is not None:
+        ids = np.concatenate([np.full((spec.windows, 1), bos_id, dtype=np.int64), ids], axis=1)
+    return ids
+
+
+def calibrate(model: torch.nn.Module, windows: np.ndarray, token_types: TokenTypes, spec: CalibSpec,
+              progress: bool = True) -> CalibrationRecord:
+    """Run every window through the model and collect each group's input statistics."""
+    device = next(model.parameters()).device
+    groups = find_linear_groups(model, torch.from_numpy(windows[:1, :16]).to(device))
+    context = TypeContext(token_types.num_types)
+    keep = math.ceil(spec.samples_per_type / len(windows))
+    recorders = {}
+    for index, group in enumerate(groups):
+        first = model.get_submodule(group.linears[0])
+        recorders[group.name] = GroupRecorder(first, context, keep, seed=spec.seed * 100_003 + index)
+        swap_module(model, group.linears[0], recorders[group.name])
+    try:
+        with torch.inference_mode():
+            for row in tqdm(windows, desc="calibration", unit="window", disable=not progress):
+                ids = torch.from_numpy(row[None, :]).to(device)
+                context.types = token_types.assign(ids).reshape(-1).cpu()
+                model(input_ids=ids, use_cache=False)
+    finally:
+        for group in groups:
+            swap_module(model, group.linears[0], recorders[group.name].linear)
+    stats = {name: rec.stats for name, rec in recorders.items()}
+    first_stats = stats[groups[0].name]
+    for k, name in enumerate(token_types.names):
+        if first_stats[k].count < spec.min_tokens:
+            raise UserError(f"token type '{name}' has {first_stats[k].count} calibration tokens, fewer than "
+                            f"{spec.min_tokens}; change the rule ({token_types.to_text()}) "
+                            "or calibrate on more windows")
+    return CalibrationRecord(token_types, groups, stats, spec)

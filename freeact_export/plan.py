@@ -1,0 +1,131 @@
+"""The quantization plan: what every later stage consumes, as tensors plus a small JSON schema.
+
+Per linear group (layers sharing one input x [.., d]) the plan states the activation path
+
+    x̃_k = Q_a( ((x / smooth) · T) ⊙ mask[k] ; clip[k] )      k = the token's type
+
+with T the online transform ("identity", "dense" matrix, "kronecker" T1 ⊗ T2, or "hadamard":
+diag(signs) · H_d), and for every consumer linear the integer codes and scales of its weight
+already multiplied by diag(smooth) · T⁻ᵀ offline (in float64), so that y = x̃ · dequant(W̃)ᵀ + b.
+No PyTorch module and no ONNX graph is referenced: a plan is loadable on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from freeact_export.config import QuantSpec
+from freeact_export.files import atomic_path
+
+PLAN_VERSION = 1
+TRANSFORM_KINDS = ("identity", "dense", "kronecker", "hadamard")
+# Tensor keys a group may hold (besides per-linear "w{i}.codes|scale|zero|bias"):
+GROUP_TENSORS = ("smooth", "matrix", "kron_1", "kron_2", "signs", "masks", "clip")
+
+
+@dataclasses.dataclass
+class LinearPlan:
+    """One consumer of a group: quantized transformed weight [out, in] and its bias."""
+
+    name: str
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class GroupPlan:
+    """Activation path of one group and the weights of its consumers.
+
+    Attributes:
+        name / in_features: as in calibration.
+        transform: one of TRANSFORM_KINDS (see the module docstring).
+        tensors: "smooth" [d]; "matrix" [d, d] | "kron_1" [d1, d1] + "kron_2" [d2, d2] |
+            "signs" [d]; "masks" [K, d] (0/1, absent = all ones); "clip" [K] activation clip.
+        linears: the consumers, in module order.
+        weight_spec: their weights' quantizer (W4A16 uses groups of 128 only where d allows).
+    """
+
+    name: str
+    in_features: int
+    transform: str
+    tensors: dict[str, torch.Tensor]
+    linears: list[LinearPlan]
+    weight_spec: QuantSpec
+
+
+@dataclasses.dataclass
+class Plan:
+    """A whole model's plan.
+
+    Attributes:
+        method: e.g. "rtn", "quarot", "freeact".
+        bits: "w4a4", "w4a8" or "w4a16".
+        act_spec: the activation quantizer (None = activations stay float).
+        token_types: rule text (freeact_export.token_types).
+        groups: one GroupPlan per linear group.
+        info: free-form provenance (model, calibration, seeds, timings).
+    """
+
+    method: str
+    bits: str
+    act_spec: QuantSpec | None
+    token_types: str
+    groups: list[GroupPlan]
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def save(self, folder: Path, overwrite: bool = False) -> None:
+        """Write plan.json + plan.safetensors into a new folder, atomically."""
+        with atomic_path(Path(folder), overwrite) as tmp:
+            tmp.mkdir()
+            self.write_into(tmp)
+
+    def write_into(self, folder: Path) -> None:
+        """Write plan.json + plan.safetensors into an existing folder (the caller owns atomicity)."""
+        schema, tensors = self._flatten()
+        save_file(tensors, Path(folder) / "plan.safetensors")
+        (Path(folder) / "plan.json").write_text(json.dumps(schema, indent=2) + "\n")
+
+    def _flatten(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        tensors: dict[str, torch.Tensor] = {}
+        groups = []
+        for g_index, group in enumerate(self.groups):
+            for key, value in group.tensors.items():
+                tensors[f"g{g_index}.{key}"] = value.contiguous()
+            for l_index, lin in enumerate(group.linears):
+                for field in ("codes", "scale", "zero", "bias"):
+                    value = getattr(lin, field)
+                    if value is not None:
+                        tensors[f"g{g_index}.w{l_index}.{field}"] = value.contiguous()
+            groups.append({"name": group.name, "in_features": group.in_features, "transform": group.transform,
+                           "weight_spec": group.weight_spec.to_dict(), "linears": [lin.name for lin in group.linears]})
+        schema = {"plan_version": PLAN_VERSION, "method": self.method, "bits": self.bits,
+                  "act_spec": None if self.act_spec is None else self.act_spec.to_dict(),
+                  "token_types": self.token_types, "groups": groups, "info": self.info}
+        return schema, tensors
+
+    @classmethod
+    def load(cls, folder: Path) -> Plan:
+        folder = Path(folder)
+        schema = json.loads((folder / "plan.json").read_text())
+        if schema.get("plan_version") != PLAN_VERSION:
+            raise ValueError(f"plan version {schema.get('plan_version')} is not {PLAN_VERSION}")
+        tensors = load_file(folder / "plan.safetensors")
+        groups = []
+        for g_index, g in enumerate(schema["groups"]):
+            own = {k: v for k, v in tensors.items() if k.startswith(f"g{g_index}.")}
+            group_tensors = {k.split(".", 1)[1]: v for k, v in own.items() if k.split(".")[1] in GROUP_TENSORS}
+            linears = [LinearPlan(name, **{f: own.get(f"g{g_index}.w{i}.{f}") for f in ("codes", "scale", "zero",
+                                                                                          "bias")})
+                       for i, name in enumerate(g["linears"])]
+            groups.append(GroupPlan(g["name"], g["in_features"], g["transform"], group_tensors, linears,
+                                    QuantSpec.from_dict(g["weight_spec"])))
+        act = schema["act_spec"]
+        return cls(schema["method"], schema["bits"],
+                   None if act is None else QuantSpec.from_dict(act), schema["token_types"], groups, schema["info"])

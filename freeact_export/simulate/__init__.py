@@ -1,0 +1,1 @@
+"""Fake-quant PyTorch execution of a plan: accuracy before anything is exported."""

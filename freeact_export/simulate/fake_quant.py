@@ -1,0 +1,97 @@
+"""Explicit fake-quant modules that execute a Plan inside the PyTorch model.
+
+Each group's consumers are replaced by SimLinear modules sharing one ActivationPath, which
+computes x̃ = Q_a(((x / s) T) ⊙ mask[type]; clip[type]) once per input tensor. Weights are the
+plan's codes times scales, so the simulation computes exactly what the integer kernels do up
+to float summation order.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from freeact_export.calibrate.stats import TypeContext
+from freeact_export.config import QuantSpec
+from freeact_export.module_surgery import swap_module
+from freeact_export.plan import GroupPlan, Plan
+from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize
+from freeact_export.token_types import TokenTypes
+from freeact_export.transforms.apply import activation_side
+
+
+class ActivationPath(torch.nn.Module):
+    """The online side of one group: transform, per-type mask and clip, activation fake-quant."""
+
+    def __init__(self, group: GroupPlan, act_spec: QuantSpec | None, context: TypeContext):
+        super().__init__()
+        self.kind = group.transform
+        self.transform_tensors = {k: v for k, v in group.tensors.items() if k not in ("masks", "clip")}
+        self.masks = group.tensors.get("masks")
+        self.clip = group.tensors["clip"]
+        self.act_spec = act_spec
+        self.context = context
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._last is not None and self._last[0] is x:  # q/k/v (gate/up) read the same tensor
+            return self._last[1]
+        types = self.context.types.to(x.device).reshape(x.shape[:-1]).long()
+        y = activation_side(x.float(), self.kind, self.transform_tensors)
+        if self.masks is not None:
+            y = y * self.masks.to(y.device)[types]
+        if self.act_spec is not None:
+            y = fake_quantize(y, self.act_spec, clip=self.clip.to(y.device)[types][..., None])
+        y = y.to(x.dtype)
+        self._last = (x, y)
+        return y
+
+
+class SimLinear(torch.nn.Module):
+    """A consumer linear: the shared quantized activation times the dequantized transformed weight."""
+
+    def __init__(self, path: ActivationPath, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.path = path
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.path(x), self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def apply_plan(model: torch.nn.Module, plan: Plan, context: TypeContext) -> torch.nn.Module:
+    """A copy of `model` whose block linears execute `plan` (the original stays untouched)."""
+    model = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    for group in plan.groups:
+        path = ActivationPath(group, plan.act_spec, context)
+        for lin in group.linears:
+            weight = dequantize(Quantized(lin.codes, lin.scale, lin.zero), group.weight_spec)
+            swap_module(model, lin.name, SimLinear(path, weight.to(device), None if lin.bias is None
+                                                   else lin.bias.to(device)))
+    return model
+
+
+class SimulatedLogits:
+    """LogitsRunner for a plan-executing model: token types from the inputs, then a forward."""
+
+    runtime = "torch-fakequant"
+
+    def __init__(self, model: torch.nn.Module, plan: Plan):
+        self.token_types = TokenTypes.parse(plan.token_types)
+        self.context = TypeContext(self.token_types.num_types)
+        self.model = apply_plan(model, plan, self.context).eval()
+        self.device = next(self.model.parameters()).device
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> torch.Tensor:
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device)
+        mask = None if attention_mask is None else torch.from_numpy(attention_mask).to(self.device)
+        self.context.types = self.token_types.assign(ids).reshape(-1)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return logits.float().cpu()

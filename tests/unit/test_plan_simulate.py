@@ -1,0 +1,111 @@
+"""Calibration, planning and simulation against independent references on tiny models."""
+
+import numpy as np
+import pytest
+import torch
+
+from freeact_export import api
+from freeact_export.calibrate.groups import find_linear_groups
+from freeact_export.calibrate.run import calibrate, calibration_windows
+from freeact_export.config import CalibSpec, EvalSpec
+from freeact_export.errors import UserError
+from freeact_export.plan import Plan
+from freeact_export.quantize.planner import build_plan
+from freeact_export.simulate.fake_quant import SimulatedLogits
+from freeact_export.token_types import TokenTypes
+from freeact_export.transforms.hadamard import hadamard
+from tiny_models import ARCHITECTURES, tiny_config
+
+SPEC = CalibSpec(windows=4, seqlen=48, samples_per_type=40, min_tokens=4)
+
+
+def _model(arch="llama"):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+
+
+def _windows():
+    ids = np.random.default_rng(0).integers(4, 384, 4000).tolist()
+    return calibration_windows(ids, SPEC, None)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_groups_are_the_four_shared_inputs_per_layer(arch):
+    groups = find_linear_groups(_model(arch), torch.randint(4, 300, (1, 8)))
+    suffixes = [g.name.split(".", 3)[-1] for g in groups[:4]]
+    assert suffixes == ["self_attn.q_proj+k_proj+v_proj", "self_attn.o_proj", "mlp.gate_proj+up_proj",
+                        "mlp.down_proj"]
+    assert len(groups) == 4 * 2
+
+
+def test_stats_per_type_match_a_direct_computation():
+    model, windows = _model(), _windows()
+    record = calibrate(model, windows, TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
+    # The q/k/v input of layer 0 is input_layernorm(embeddings): compute it without the model's forward.
+    with torch.no_grad():
+        x = model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.from_numpy(windows))).double()
+    sink, rest = x[:, :3].reshape(-1, x.shape[-1]), x[:, 3:].reshape(-1, x.shape[-1])
+    stats = record.stats[record.groups[0].name]
+    for got, ref in zip(stats, (rest, sink), strict=True):
+        assert got.count == ref.shape[0]
+        assert torch.allclose(got.second_moment, ref.T @ ref, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(got.absmax.double(), ref.abs().amax(0), rtol=1e-6)
+        assert got.samples.shape == (min(ref.shape[0], 4 * 10), x.shape[-1])
+
+
+def test_a_type_with_too_few_tokens_is_named():
+    with pytest.raises(UserError, match="token type 'rare' has 0 calibration tokens"):
+        calibrate(_model(), _windows(), TokenTypes.parse("rare=ids:1"), SPEC, progress=False)
+
+
+def test_plan_save_load_is_lossless(tmp_path):
+    model = _model("qwen2")  # q/k/v biases travel too
+    plan = build_plan(model, calibrate(model, _windows(), TokenTypes(), SPEC, progress=False), "smoothrot", "w4a8",
+                      progress=False)
+    plan.save(tmp_path / "plan")
+    loaded = Plan.load(tmp_path / "plan")
+    assert (loaded.method, loaded.bits, loaded.act_spec, loaded.token_types) == (
+        plan.method, plan.bits, plan.act_spec, plan.token_types)
+    for a, b in zip(plan.groups, loaded.groups, strict=True):
+        assert (a.name, a.transform, a.weight_spec, a.tensors.keys()) == (b.name, b.transform, b.weight_spec,
+                                                                           b.tensors.keys())
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+        for la, lb in zip(a.linears, b.linears, strict=True):
+            for field in ("codes", "scale", "zero", "bias"):
+                va, vb = getattr(la, field), getattr(lb, field)
+                assert (va is None and vb is None) or torch.equal(va, vb)
+
+
+def test_simulated_quarot_linear_matches_a_numpy_reference():
+    """x → x·diag(signs)·H (dense) → INT8 per token → times dequantized codes, written out in numpy."""
+    model = _model()
+    plan = build_plan(model, calibrate(model, _windows(), TokenTypes(), SPEC, progress=False), "quarot", "w4a8",
+                      progress=False)
+    runner = SimulatedLogits(model, plan)
+    group = plan.groups[0]
+    sim = runner.model.get_submodule(group.linears[1].name)  # k_proj
+    x = torch.randn(1, 5, group.in_features, generator=torch.Generator().manual_seed(3))
+    runner.context.types = torch.zeros(5, dtype=torch.int32)
+    got = sim(x).double().numpy()[0]
+
+    rotated = x.double().numpy()[0] * group.tensors["signs"].double().numpy() @ hadamard(group.in_features).numpy()
+    scale = np.abs(rotated).max(axis=1, keepdims=True) / 127
+    act = np.clip(np.round(rotated / scale), -128, 127) * scale
+    lin = group.linears[1]
+    weight = lin.codes.numpy().astype(np.float64) * lin.scale.double().numpy()
+    assert np.allclose(got, act @ weight.T, rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_api_writes_plan_and_reports_simulated_perplexity(tmp_path, tiny_llama, tiny_text_file):
+    fp = api.evaluate(str(tiny_llama), str(tiny_text_file), EvalSpec(seqlen=64, windows=4), device="cpu",
+                      progress=False)
+    report = api.quantize(str(tiny_llama), str(tiny_text_file), "rtn", "w4a16", "single", "cpu", tmp_path / "q",
+                          device="cpu", eval_spec=EvalSpec(seqlen=64, windows=4), progress=False)
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["plan.json", "plan.safetensors", "report.json"]
+    assert report["eval"]["runtime"] == "torch-fakequant"
+    # INT4 weights in groups of 64-wide rows (per channel here): close to, not equal to, float.
+    assert report["eval"]["perplexity"] != fp["perplexity"]
+    assert report["eval"]["perplexity"] == pytest.approx(fp["perplexity"], rel=0.05)
+    assert Plan.load(tmp_path / "q").method == "rtn"
