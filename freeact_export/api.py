@@ -17,7 +17,7 @@ import torch
 from freeact_export import __version__
 from freeact_export.assets import Corpus, ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import calibrate, calibration_windows
-from freeact_export.config import BITS_PRESETS, CALIB_PRESETS, EvalSpec, ExportSpec
+from freeact_export.config import BITS_PRESETS, CALIB_PRESETS, FREEACT_PRESETS, EvalSpec, ExportSpec
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
 from freeact_export.export.prefill import export_prefill
@@ -203,7 +203,7 @@ def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = 
     start = time.perf_counter()
     record = calibrate(torch_model, calib_windows, token_types, calib_spec, progress)
     calibrated = time.perf_counter()
-    plan = build_plan(torch_model, record, method, bits, seed, progress)
+    plan = build_plan(torch_model, record, method, bits, seed, progress, FREEACT_PRESETS[preset])
     planned = time.perf_counter()
     plan.info.update({"model": model, "corpus": corpus, "preset": preset, "calibration": calib_spec.to_dict(),
                       "type_token_counts": {name: record.stats[record.groups[0].name][k].count
@@ -213,7 +213,7 @@ def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = 
               "calibration_s": round(calibrated - start, 1), "plan_s": round(planned - calibrated, 1),
               "quantize_s": round(planned - start, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
               "calibration": plan.info["calibration"], "type_token_counts": plan.info["type_token_counts"],
-              "groups": len(plan.groups)}
+              "groups": len(plan.groups), "learning": plan.info.get("learning")}
     if windows is not None:
         report["eval"] = _perplexity_record(SimulatedLogits(torch_model, plan), windows, text, eval_spec, progress)
     if out is not None:

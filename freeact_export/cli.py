@@ -147,8 +147,10 @@ def _add_quantize(sub) -> None:
             its perplexity with fake quantization (EVAL.md protocol) before anything is exported.
 
             methods: rtn (no transform), smoothquant (alpha 0.5), quarot (randomised Hadamard
-            on every linear group's input), smoothrot (smoothing alpha 0.5, then Hadamard).
-            FreeAct, FlatQuant-style, GPTQ and Astro join with the FreeAct core.
+            on every linear group's input), smoothrot (smoothing alpha 0.5, then Hadamard),
+            flatquant (learned Kronecker transform, smoothing and clipping, one type), freeact
+            (the same shared weight transform with per-type activation masks). GPTQ and Astro
+            join next.
             bits (EVAL.md): w4a4 / w4a8 = INT4 per-channel weights, INT4 / INT8 per-token
             activations; w4a16 = INT4 weights in groups of 128, float activations.
             types: token-type rules, first match wins, type 0 = every other token:
@@ -157,9 +159,12 @@ def _add_quantize(sub) -> None:
               mask=ids:126336              a mask / image token id set
               vision=input:token_type_ids  an explicit model input
               sink=pos:1;mask=ids:126336   combinations
-            presets: cpu = 32 calibration windows x 512 tokens; gpu = 128 x 1024 (EVAL.md)."""),
+            presets: cpu = 32 calibration windows x 512 tokens, 100 learning steps per group;
+            gpu = 128 x 1024 tokens (EVAL.md), 1500 steps."""),
         epilog=textwrap.dedent("""\
             examples:
+              freeact-export quantize --model smollm2-135m --method freeact --bits w4a4 --types "sink=pos:1" \\
+                  --preset cpu -o out/freeact-w4a4
               freeact-export quantize --model smollm2-135m --method quarot --bits w4a4 -o out/quarot-w4a4
               freeact-export quantize --model smollm2-135m --method rtn --bits w4a16 --windows 8
               freeact-export quantize --model ./qwen --method smoothrot --types "sink=pos:1" --device cuda"""))
@@ -187,9 +192,8 @@ def _run_quantize(args: argparse.Namespace) -> None:
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
                           seed=args.seed, device=args.device, eval_spec=eval_spec, overwrite=args.overwrite)
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
-    print(f"{args.method} {args.bits}: {report['groups']} linear groups planned in {report['quantize_s']:.0f} s "
-          f"(calibration {report['calibration_s']:.0f} s; tokens per type: {counts}); "
-          f"peak memory {report['peak_rss_gb']:.1f} GB")
+    print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
+          f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s; peak memory {report['peak_rss_gb']:.1f} GB")
     if "eval" in report:
         e = report["eval"]
         print(f"simulated perplexity {e['perplexity']:.3f}  model={args.model} corpus={args.corpus} (eval split) "

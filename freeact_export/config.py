@@ -151,3 +151,34 @@ CALIB_PRESETS = {
     "cpu": CalibSpec(windows=32, seqlen=512),
     "gpu": CalibSpec(windows=128, seqlen=1024, samples_per_type=8192),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class FreeActSpec(_Versioned):
+    """Learning settings of FreeAct (and FlatQuant-style, its one-type case).
+
+    Attributes:
+        steps: AdamW steps per linear group.
+        lr: learning rate of the transform factors, smoothing and clipping logits.
+        batch_tokens: tokens per type in each step's minibatch (drawn from calibration samples).
+        dedicated_fraction: r_k / d, the dimensions dedicated to each type (paper: 1/32).
+        init: "hadamard" (where both Kronecker factors have one, else orthogonal) or "orthogonal".
+    """
+
+    steps: int = 100
+    lr: float = 5e-3
+    batch_tokens: int = 256
+    dedicated_fraction: float = 1 / 32
+    init: str = "hadamard"
+
+    def __post_init__(self) -> None:
+        if self.init not in ("hadamard", "orthogonal"):
+            raise ValueError(f"init must be 'hadamard' or 'orthogonal' (got {self.init})")
+        if not 0.0 <= self.dedicated_fraction < 0.5:
+            raise ValueError(f"dedicated_fraction must be in [0, 0.5) (got {self.dedicated_fraction})")
+
+
+FREEACT_PRESETS = {
+    "cpu": FreeActSpec(steps=100, batch_tokens=256),
+    "gpu": FreeActSpec(steps=1500, batch_tokens=1024),
+}

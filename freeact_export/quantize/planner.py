@@ -6,21 +6,30 @@ import torch
 from tqdm import tqdm
 
 from freeact_export.calibrate.run import CalibrationRecord
-from freeact_export.config import QuantSpec, bits_preset
+from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, bits_preset
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.quantize.baselines import BASELINES, baseline_transform
+from freeact_export.quantize.freeact import learn_freeact
 from freeact_export.quantize.quantizers import quantize
 from freeact_export.transforms.apply import weight_side
 
-METHODS = BASELINES
+LEARNED = ("flatquant", "freeact")
+METHODS = (*BASELINES, *LEARNED)
 
 
-def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec) -> list[LinearPlan]:
-    """Fold the transform into each weight (float64) and quantize it; scales kept in float32."""
-    plans = []
+def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
+                     clip: torch.Tensor | None = None) -> list[LinearPlan]:
+    """Fold the transform into each weight (float64) and quantize it; scales kept in float32.
+
+    Args:
+        clip: learned clipping per output channel of the stacked consumers [sum of out, 1].
+    """
+    plans, row = [], 0
     for name, linear in zip(names, linears, strict=True):
         folded = weight_side(linear.weight.detach(), kind, tensors)
-        q = quantize(folded, spec)
+        rows = folded.shape[0]
+        q = quantize(folded, spec, None if clip is None else clip[row:row + rows])
+        row += rows
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         plans.append(LinearPlan(name, q.codes, q.scale.float(), q.zero, bias))
     return plans
@@ -32,19 +41,36 @@ def _stored(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def build_plan(model: torch.nn.Module, record: CalibrationRecord, method: str, bits: str, seed: int = 0,
-               progress: bool = True) -> Plan:
-    """Compute every group's transform and quantized weights with `method`."""
+               progress: bool = True, freeact: FreeActSpec | None = None) -> Plan:
+    """Compute every group's transform and quantized weights with `method`.
+
+    Args:
+        freeact: learning settings for "freeact" / "flatquant" (default: the cpu preset).
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method}; choose one of {', '.join(METHODS)}")
     num_types = record.token_types.num_types
-    groups, act_spec = [], None
+    freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
+    groups, act_spec, learned = [], None, []
     for index, group in enumerate(tqdm(record.groups, desc=f"plan ({method})", unit="group", disable=not progress)):
         linears = [model.get_submodule(name) for name in group.linears]
+        weights = [lin.weight for lin in linears]
         weight_spec, act_spec = bits_preset(bits, group.in_features)
-        kind, tensors = baseline_transform(method, group.name, record.stats[group.name],
-                                           [lin.weight for lin in linears], seed * 1_000_003 + index)
+        group_seed = seed * 1_000_003 + index
+        weight_clip = None
+        if method in LEARNED:
+            kind = "kronecker"
+            tensors, weight_clip, info = learn_freeact(group.name, record.stats[group.name], weights, weight_spec,
+                                                       act_spec, freeact, method == "flatquant", group_seed)
+            learned.append(info)
+        else:
+            kind, tensors = baseline_transform(method, group.name, record.stats[group.name], weights, group_seed)
+            tensors["clip"] = torch.ones(num_types)
         tensors = _stored(tensors)
-        tensors["clip"] = torch.ones(num_types)
         groups.append(GroupPlan(group.name, group.in_features, kind, tensors,
-                                quantize_weights(group.linears, linears, kind, tensors, weight_spec), weight_spec))
-    return Plan(method, bits, act_spec, record.token_types.to_text(), groups, info={"seed": seed})
+                                quantize_weights(group.linears, linears, kind, tensors, weight_spec, weight_clip),
+                                weight_spec))
+    info = {"seed": seed}
+    if learned:
+        info.update(freeact=freeact.to_dict(), learning=learned)
+    return Plan(method, bits, act_spec, record.token_types.to_text(), groups, info=info)

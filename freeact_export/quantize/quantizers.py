@@ -76,10 +76,15 @@ def _codes(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec
     return rounded.clamp(lo_code, hi_code)
 
 
-def quantize(x: torch.Tensor, spec: QuantSpec) -> Quantized:
-    """Integer codes and scales of x under `spec` (clip_ratio from the spec)."""
+def quantize(x: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> Quantized:
+    """Integer codes and scales of x under `spec`.
+
+    Args:
+        clip: per-slice clipping factors broadcastable to the scale (e.g. learned, one per
+            output channel [rows, 1]); defaults to spec.clip_ratio.
+    """
     g = _grouped(x, spec)
-    scale, zero = _scale_zero(g, spec, spec.clip_ratio)
+    scale, zero = _scale_zero(g, spec, spec.clip_ratio if clip is None else clip)
     codes = _codes(g, scale, zero, spec, ste=False).to(code_dtype(spec)).reshape(x.shape)
     if spec.granularity == "group":
         scale = scale.squeeze(-1)

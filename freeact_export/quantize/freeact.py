@@ -1,0 +1,145 @@
+"""FreeAct: per-token-type activation masks on one learned, shared weight transform.
+
+For a group with weight W (its consumers stacked) and calibration samples X_k of each type k:
+
+    x̃_k = Q_a( m_k ⊙ ((x / s) (P1 ⊗ P2)) ; c_k )      W̃ = Q_w( W diag(s) (P1 ⊗ P2)⁻ᵀ ; c_w )
+
+m_k keeps the shared block and type k's dedicated block and zeroes the other types' blocks;
+it is exact for a type-k token whose activations have no energy in those blocks. The blocks
+(r_k = d · dedicated_fraction per type) are the transformed dimensions where one type's energy
+most exceeds the others'. P1, P2, s, the per-output-channel weight clip c_w and the per-type
+activation clip c_k are learned with AdamW on Σ_k mean ‖X_k Wᵀ − x̃_k W̃ᵀ‖² (straight-through
+rounding). With one type there are no masks: that is the FlatQuant-style method.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from freeact_export.calibrate.stats import TypeStats
+from freeact_export.config import FreeActSpec, QuantSpec
+from freeact_export.quantize.baselines import smoothing_factors
+from freeact_export.quantize.quantizers import fake_quantize
+from freeact_export.transforms.apply import kron_apply
+from freeact_export.transforms.hadamard import hadamard, hadamard_supported, random_orthogonal
+
+_CLIP_LOGIT_INIT = 5.0  # sigmoid(5) = 0.993: start from (almost) no clipping, as FlatQuant does
+
+
+def kron_dims(d: int) -> tuple[int, int]:
+    """d = d1 · d2 with d1 ≤ d2 as close to sqrt(d) as possible (cheapest O(d (d1 + d2)))."""
+    d1 = max(f for f in range(1, math.isqrt(d) + 1) if d % f == 0)
+    return d1, d // d1
+
+
+def _init_factor(n: int, spec: FreeActSpec, seed: int) -> torch.Tensor:
+    if spec.init == "hadamard" and hadamard_supported(n):
+        return hadamard(n)
+    return random_orthogonal(n, seed)
+
+
+def type_masks(energy: torch.Tensor, fraction: float) -> torch.Tensor:
+    """0/1 masks [K, d] from per-type energy per transformed dimension [K, d].
+
+    Each type in turn takes, among unclaimed dimensions, the r = round(d · fraction) where its
+    energy most exceeds the others' (ratio to their sum); every other type zeroes those.
+    """
+    num_types, d = energy.shape
+    masks = torch.ones(num_types, d, dtype=torch.float64)
+    if num_types == 1 or fraction == 0:
+        return masks
+    r = max(1, round(d * fraction))
+    share = energy / energy.sum(dim=1, keepdim=True).clamp(min=1e-30)  # types with few tokens count equally
+    claimed = torch.zeros(d, dtype=torch.bool)
+    for k in range(num_types):
+        others = share.sum(dim=0) - share[k]
+        ratio = share[k] / (others + 1e-12)
+        ratio[claimed] = -1.0
+        dims = torch.topk(ratio, r).indices
+        claimed[dims] = True
+        for other in range(num_types):
+            if other != k:
+                masks[other, dims] = 0.0
+    return masks
+
+
+class _Learner(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor, smooth: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
+                 num_types: int):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.p1 = torch.nn.Parameter(p1.float().clone())
+        self.p2 = torch.nn.Parameter(p2.float().clone())
+        self.log_smooth = torch.nn.Parameter(smooth.float().log())
+        self.weight_clip = torch.nn.Parameter(torch.full((weight.shape[0], 1), _CLIP_LOGIT_INIT))
+        self.act_clip = torch.nn.Parameter(torch.full((num_types,), _CLIP_LOGIT_INIT))
+
+    def folded_weight(self) -> torch.Tensor:
+        smooth = self.log_smooth.exp()
+        return kron_apply(self.weight * smooth, torch.linalg.inv(self.p1).T, torch.linalg.inv(self.p2).T)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        return kron_apply(x / self.log_smooth.exp(), self.p1, self.p2)
+
+
+def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.Tensor], weight_spec: QuantSpec,
+                  act_spec: QuantSpec | None, spec: FreeActSpec, single_type: bool,
+                  seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
+    """Learn one group's transform.
+
+    Returns:
+        tensors: plan tensors ("smooth", "kron_1", "kron_2", "clip" [K], "masks" [K, d] if K > 1).
+        weight_clip: learned per-output-channel clip [n, 1] for quantizing the folded weight.
+        info: objective before and after learning.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    samples = [s.samples.float() for s in stats]
+    if single_type:
+        samples = [torch.cat(samples)]
+    num_types = len(samples)
+    weight = torch.cat([w.detach().float() for w in weights])
+    d = weight.shape[1]
+    d1, d2 = kron_dims(d)
+    smooth = smoothing_factors(stats, weights)
+    learner = _Learner(weight, smooth, _init_factor(d1, spec, seed), _init_factor(d2, spec, seed + 1), num_types)
+    with torch.no_grad():
+        energy = torch.stack([learner.activations(x).double().pow(2).mean(0) for x in samples])
+    masks = type_masks(energy, spec.dedicated_fraction).float()
+    targets = [x @ weight.T for x in samples]
+
+    def objective(batches: list[torch.Tensor]) -> torch.Tensor:
+        w_q = fake_quantize(learner.folded_weight(), weight_spec, torch.sigmoid(learner.weight_clip))
+        loss = torch.zeros(())
+        for k, idx in enumerate(batches):
+            x = learner.activations(samples[k][idx]) * masks[k]
+            if act_spec is not None:
+                x = fake_quantize(x, act_spec, torch.sigmoid(learner.act_clip[k]))
+            loss = loss + (x @ w_q.T - targets[k][idx]).pow(2).mean() / targets[k][idx].pow(2).mean()
+        return loss
+
+    everything = [torch.arange(len(x)) for x in samples]
+    with torch.no_grad():
+        before = float(objective(everything))
+    optimizer = torch.optim.AdamW(learner.parameters(), lr=spec.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.steps)
+    for _ in range(spec.steps):
+        batches = [torch.randint(0, len(x), (min(spec.batch_tokens, len(x)),), generator=gen) for x in samples]
+        optimizer.zero_grad()
+        objective(batches).backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        after = float(objective(everything))
+        act_clip = torch.sigmoid(learner.act_clip)
+        if single_type:
+            act_clip = act_clip.expand(len(stats))
+        tensors = {"smooth": learner.log_smooth.exp().detach(), "kron_1": learner.p1.detach(),
+                   "kron_2": learner.p2.detach(), "clip": act_clip.detach().clone()}
+        if num_types > 1:
+            tensors["masks"] = masks
+        weight_clip = torch.sigmoid(learner.weight_clip).detach().double()
+    kept = masks.sum(dim=1).tolist()
+    return tensors, weight_clip, {"group": group_name, "objective_before": before, "objective_after": after,
+                                  "kept_dims_per_type": kept}

@@ -1,0 +1,90 @@
+"""FreeAct's masked transform: exact when a type avoids the other types' dedicated dimensions,
+with an error that grows with the energy leaking there; learning lowers the objective."""
+
+import pytest
+import torch
+
+from freeact_export.calibrate.stats import TypeStats
+from freeact_export.config import FreeActSpec, QuantSpec
+from freeact_export.quantize.freeact import kron_dims, learn_freeact, type_masks
+from freeact_export.transforms.apply import kron_apply
+from freeact_export.transforms.hadamard import random_orthogonal
+
+D1, D2 = 4, 8
+D = D1 * D2
+
+
+def _two_type_activations(leak: float, gen: torch.Generator):
+    """Type-0 and type-1 activations whose transformed coordinates are confined to known blocks.
+
+    Built in the transformed basis (z = x P) and mapped back with P⁻¹, so the test controls
+    exactly how much energy type 0 puts into type 1's dedicated block.
+    """
+    p1, p2 = random_orthogonal(D1, 0), random_orthogonal(D2, 1)
+    p_inv1, p_inv2 = torch.linalg.inv(p1), torch.linalg.inv(p2)
+    z0 = torch.randn(200, D, dtype=torch.float64, generator=gen)
+    z1 = torch.randn(200, D, dtype=torch.float64, generator=gen)
+    dedicated_1 = torch.arange(D - 4, D)   # type 1's block
+    dedicated_0 = torch.arange(0, 4)       # type 0's block
+    z0[:, dedicated_1] *= leak
+    z1[:, dedicated_0] = 0.0
+    to_x = lambda z: kron_apply(z, p_inv1, p_inv2)  # noqa: E731  x = z P⁻¹
+    return (p1, p2), (to_x(z0), to_x(z1)), (dedicated_0, dedicated_1)
+
+
+def _masked_error(leak: float) -> float:
+    gen = torch.Generator().manual_seed(0)
+    (p1, p2), (x0, x1), (ded0, ded1) = _two_type_activations(leak, gen)
+    masks = torch.ones(2, D, dtype=torch.float64)
+    masks[0, ded1] = 0.0  # type 0 drops type 1's block
+    masks[1, ded0] = 0.0
+    w = torch.randn(6, D, dtype=torch.float64, generator=gen)
+    w_folded = kron_apply(w, torch.linalg.inv(p1).T, torch.linalg.inv(p2).T)  # W P⁻ᵀ: one shared weight
+    errors = []
+    for k, x in enumerate((x0, x1)):
+        approx = (kron_apply(x, p1, p2) * masks[k]) @ w_folded.T
+        errors.append(torch.linalg.norm(approx - x @ w.T) / torch.linalg.norm(x @ w.T))
+    return float(max(errors))
+
+
+def test_masked_transform_is_exact_without_leakage():
+    assert _masked_error(0.0) < 1e-6
+
+
+def test_error_grows_with_leaked_energy():
+    errors = [_masked_error(leak) for leak in (0.0, 0.01, 0.1, 0.5, 1.0)]
+    assert errors == sorted(errors) and errors[-1] > 0.1
+
+
+def test_masks_dedicate_blocks_where_one_type_dominates():
+    energy = torch.ones(2, 64, dtype=torch.float64)
+    energy[1, 10:12] = 100.0  # type 1 lives in dims 10, 11
+    energy[0, 40:42] = 100.0
+    masks = type_masks(energy, fraction=2 / 64)
+    assert set(torch.nonzero(masks[0] == 0).flatten().tolist()) == {10, 11}
+    assert set(torch.nonzero(masks[1] == 0).flatten().tolist()) == {40, 41}
+    assert torch.equal(type_masks(energy[:1], 2 / 64), torch.ones(1, 64, dtype=torch.float64))
+
+
+def test_kron_dims_are_balanced_factors():
+    assert kron_dims(576) == (24, 24) and kron_dims(1536) == (32, 48) and kron_dims(4096) == (64, 64)
+
+
+@pytest.mark.parametrize("single_type", [True, False])
+def test_learning_lowers_the_objective(single_type):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, D, generator=gen)
+    x[:, 3] *= 20.0  # an outlier channel: what smoothing and rotation are for
+    w = torch.randn(24, D, generator=gen)
+    stats = []
+    for part in (x[:200], x[200:]):
+        s = TypeStats.empty(D)
+        s.add(part, keep=len(part), generator=gen)
+        stats.append(s)
+    tensors, weight_clip, info = learn_freeact("g", stats, [w], QuantSpec(4, True, "channel"),
+                                               QuantSpec(4, True, "token"), FreeActSpec(steps=60, lr=1e-2),
+                                               single_type, seed=0)
+    assert info["objective_after"] < info["objective_before"]
+    assert weight_clip.shape == (24, 1) and torch.all(weight_clip <= 1)
+    assert tensors["clip"].shape == (2,)
+    assert ("masks" in tensors) != single_type

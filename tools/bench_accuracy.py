@@ -1,0 +1,92 @@
+"""Accuracy benchmark: EVAL.md perplexity of FP and every method at every bit setting, side by side.
+
+Writes <out>/bench_accuracy.json (every record, resumable: finished cells are kept) and
+<out>/bench_accuracy.md (the table the README carries).
+
+    python tools/bench_accuracy.py --model smollm2-135m --corpus wiki --out results/smollm2-135m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from freeact_export import api
+from freeact_export.config import BITS_PRESETS, EvalSpec
+from freeact_export.errors import UserError
+from freeact_export.quantize.planner import METHODS
+
+
+def _table(results: dict, methods: list[str], bits: list[str], header: str) -> str:
+    lines = [header, "", "| method | " + " | ".join(b.upper() for b in bits) + " | quantize time (W4A4) | peak RSS |",
+             "|---|" + "---|" * (len(bits) + 2)]
+    fp = results.get("fp")
+    if fp:
+        fp_cell = f"{fp['perplexity']:.2f}"
+        lines.append(f"| FP32 | {' | '.join(fp_cell for _ in bits)} | – | – |")
+    for method in methods:
+        cells = [results.get(f"{method}/{b}") for b in bits]
+        ppl = [f"{c['eval']['perplexity']:.2f}" if c else "–" for c in cells]
+        first = next((c for c in cells if c), None)
+        timing = f"{first['quantize_s']:.0f} s" if first else "–"
+        memory = f"{first['peak_rss_gb']:.1f} GB" if first else "–"
+        lines.append(f"| {method} | {' | '.join(ppl)} | {timing} | {memory} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--corpus", default="wiki")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    parser.add_argument("--bits", default=",".join(BITS_PRESETS), help="comma-separated (default: all)")
+    parser.add_argument("--types", default="single")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", required=True, help="folder for bench_accuracy.json / .md")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "bench_accuracy.json"
+    results = json.loads(json_path.read_text()) if json_path.exists() else {}
+    spec = EvalSpec(seqlen=1024, windows=args.windows)
+    methods, bits = args.methods.split(","), args.bits.split(",")
+
+    def save() -> None:
+        tmp = json_path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, json_path)
+
+    try:
+        if "fp" not in results:
+            results["fp"] = api.evaluate(args.model, args.corpus, spec, device=args.device)
+            save()
+        for b in bits:
+            for method in methods:
+                key = f"{method}/{b}"
+                if key in results:
+                    continue
+                print(f"== {key}", flush=True)
+                results[key] = api.quantize(args.model, args.corpus, method, b, args.types, args.preset, None,
+                                            seed=args.seed, device=args.device, eval_spec=spec)
+                save()
+    except UserError as err:
+        print(f"bench_accuracy: error: {err}", file=sys.stderr)
+        return 1
+    fp = results["fp"]
+    header = (f"{args.model}, {args.corpus} eval split, {fp['windows']} windows x {fp['seqlen']} tokens, "
+              f"{fp['dtype']}, {fp['device']}; calibration preset {args.preset}, types {args.types}, "
+              f"seed {args.seed}; perplexity (lower is better)")
+    (out / "bench_accuracy.md").write_text(_table(results, methods, bits, header))
+    print((out / "bench_accuracy.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
