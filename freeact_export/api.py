@@ -6,6 +6,7 @@ every setting needed to reproduce it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -16,7 +17,7 @@ import torch
 
 from freeact_export import __version__
 from freeact_export.assets import Corpus, ModelSource, resolve_corpus, resolve_model
-from freeact_export.calibrate.run import calibrate, calibration_windows
+from freeact_export.calibrate.run import CalibrationRecord, calibrate, calibration_windows
 from freeact_export.config import BITS_PRESETS, CALIB_PRESETS, FREEACT_PRESETS, EvalSpec, ExportSpec
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
@@ -24,6 +25,7 @@ from freeact_export.export.prefill import export_prefill
 from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
+from freeact_export.plan import Plan
 from freeact_export.quantize.planner import METHODS, build_plan
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
@@ -160,37 +162,54 @@ def export(model: str, output: str | Path, spec: ExportSpec = ExportSpec(), *,
     return record
 
 
-def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = "w4a4", types: str = "single",
-             preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0, device: str = "auto",
-             eval_spec: EvalSpec | None = EvalSpec(), overwrite: bool = False, progress: bool = True) -> dict:
-    """Calibrate, plan and (unless eval_spec is None) measure the simulated perplexity.
+@dataclasses.dataclass
+class Calibrated:
+    """A loaded PyTorch model with its calibration record (and eval windows): what plans start from.
+
+    Calibrating once and planning many times is how sweeps (tools/bench_accuracy.py) stay cheap.
+    """
+
+    model: str
+    source: ModelSource
+    corpus: Corpus
+    preset: str
+    device: str
+    torch_model: torch.nn.Module
+    record: CalibrationRecord
+    eval_windows: Windows | None
+    eval_spec: EvalSpec | None
+    calibration_s: float
+
+    def type_token_counts(self) -> dict[str, int]:
+        stats = self.record.stats[self.record.groups[0].name]
+        return {name: stats[k].count for k, name in enumerate(self.record.token_types.names)}
+
+
+def _check_choice(kind: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {kind} '{value}'; choose one of {', '.join(choices)}")
+
+
+def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", preset: str = "cpu", *,
+                    device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(),
+                    progress: bool = True) -> Calibrated:
+    """Load a PyTorch model and collect its per-type calibration statistics (EVAL.md sampling).
 
     Args:
         model: registry name, Hugging Face folder or .gguf (ONNX models take the ONNX-in path).
         corpus: calibration comes from its calibration split, evaluation from its eval split.
-        method: one of freeact_export.quantize.planner.METHODS.
-        bits: "w4a4", "w4a8" or "w4a16" (EVAL.md's standard settings).
         types: token-type rules (freeact_export.token_types), "single" for one type.
-        preset: calibration preset, "cpu" (32 x 512 tokens) or "gpu" (128 x 1024).
-        output: folder for plan.json, plan.safetensors and report.json (None: write nothing).
-        seed: the method's random choices (calibration windows always use seed 0).
+        preset: "cpu" (32 x 512 calibration tokens) or "gpu" (128 x 1024).
+        eval_spec: eval windows prepared for plan_model's perplexity (None: no evaluation).
     """
     source = resolve_model(model)
     if source.kind == "onnx":
         raise UserError(f"{model} is ONNX; quantize it with 'freeact-export {model} ...' (the ONNX-in path)")
-    if method not in METHODS:
-        raise UserError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    if bits not in BITS_PRESETS:
-        raise UserError(f"unknown bits '{bits}'; choose one of {', '.join(BITS_PRESETS)}")
-    if preset not in CALIB_PRESETS:
-        raise UserError(f"unknown preset '{preset}'; choose one of {', '.join(CALIB_PRESETS)}")
+    _check_choice("preset", preset, CALIB_PRESETS)
     try:
         token_types = TokenTypes.parse(types)
     except ValueError as err:
         raise UserError(str(err)) from None
-    out = None if output is None else Path(output)
-    if out is not None:
-        check_new_output(out, overwrite)
     text = resolve_corpus(corpus)
     device = resolve_device(device, source)
     tok = load_tokenizer(source)
@@ -199,23 +218,50 @@ def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = 
     calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
     calib_windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
     torch_model = load_torch_model(source, "float32", device)
-
     start = time.perf_counter()
     record = calibrate(torch_model, calib_windows, token_types, calib_spec, progress)
-    calibrated = time.perf_counter()
-    plan = build_plan(torch_model, record, method, bits, seed, progress, FREEACT_PRESETS[preset])
-    planned = time.perf_counter()
-    plan.info.update({"model": model, "corpus": corpus, "preset": preset, "calibration": calib_spec.to_dict(),
-                      "type_token_counts": {name: record.stats[record.groups[0].name][k].count
-                                            for k, name in enumerate(token_types.names)}})
-    report = {"kind": "quantize", "model": model, "model_path": str(source.path), "method": method, "bits": bits,
-              "types": token_types.to_text(), "preset": preset, "seed": seed, "device": device,
-              "calibration_s": round(calibrated - start, 1), "plan_s": round(planned - calibrated, 1),
-              "quantize_s": round(planned - start, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
-              "calibration": plan.info["calibration"], "type_token_counts": plan.info["type_token_counts"],
-              "groups": len(plan.groups), "learning": plan.info.get("learning")}
-    if windows is not None:
-        report["eval"] = _perplexity_record(SimulatedLogits(torch_model, plan), windows, text, eval_spec, progress)
+    return Calibrated(model, source, text, preset, device, torch_model, record, windows, eval_spec,
+                      round(time.perf_counter() - start, 1))
+
+
+def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: int = 0,
+               progress: bool = True) -> tuple[Plan, dict]:
+    """Plan one method at one bit setting from a calibration; measure its simulated perplexity."""
+    _check_choice("method", method, METHODS)
+    _check_choice("bits", bits, BITS_PRESETS)
+    start = time.perf_counter()
+    plan = build_plan(cal.torch_model, cal.record, method, bits, seed, progress, FREEACT_PRESETS[cal.preset])
+    plan_s = round(time.perf_counter() - start, 1)
+    calib_spec = cal.record.spec.to_dict()
+    plan.info.update({"model": cal.model, "corpus": cal.corpus.name, "preset": cal.preset, "calibration": calib_spec,
+                      "type_token_counts": cal.type_token_counts()})
+    report = {"kind": "quantize", "model": cal.model, "model_path": str(cal.source.path), "method": method,
+              "bits": bits, "types": cal.record.token_types.to_text(), "preset": cal.preset, "seed": seed,
+              "device": cal.device, "calibration_s": cal.calibration_s, "plan_s": plan_s,
+              "quantize_s": round(cal.calibration_s + plan_s, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
+              "calibration": calib_spec, "type_token_counts": cal.type_token_counts(), "groups": len(plan.groups),
+              "learning": plan.info.get("learning")}
+    if cal.eval_windows is not None:
+        runner = SimulatedLogits(cal.torch_model, plan)
+        report["eval"] = _perplexity_record(runner, cal.eval_windows, cal.corpus, cal.eval_spec, progress)
+    return plan, report
+
+
+def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = "w4a4", types: str = "single",
+             preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0, device: str = "auto",
+             eval_spec: EvalSpec | None = EvalSpec(), overwrite: bool = False, progress: bool = True) -> dict:
+    """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
+
+    See calibrate_model and plan_model for the arguments; `seed` drives the method's random
+    choices only (calibration windows always use seed 0, so every method sees the same data).
+    """
+    _check_choice("method", method, METHODS)
+    _check_choice("bits", bits, BITS_PRESETS)
+    out = None if output is None else Path(output)
+    if out is not None:
+        check_new_output(out, overwrite)  # before the slow part
+    cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, progress=progress)
+    plan, report = plan_model(cal, method, bits, seed, progress)
     if out is not None:
         with atomic_path(out, overwrite) as tmp:
             tmp.mkdir()

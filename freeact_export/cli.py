@@ -149,8 +149,8 @@ def _add_quantize(sub) -> None:
             methods: rtn (no transform), smoothquant (alpha 0.5), quarot (randomised Hadamard
             on every linear group's input), smoothrot (smoothing alpha 0.5, then Hadamard),
             flatquant (learned Kronecker transform, smoothing and clipping, one type), freeact
-            (the same shared weight transform with per-type activation masks). GPTQ and Astro
-            join next.
+            (the same shared weight transform with per-type activation masks). Append +gptq
+            to any method to quantize its transformed weights with GPTQ (e.g. quarot+gptq).
             bits (EVAL.md): w4a4 / w4a8 = INT4 per-channel weights, INT4 / INT8 per-token
             activations; w4a16 = INT4 weights in groups of 128, float activations.
             types: token-type rules, first match wins, type 0 = every other token:
@@ -170,7 +170,8 @@ def _add_quantize(sub) -> None:
               freeact-export quantize --model ./qwen --method smoothrot --types "sink=pos:1" --device cuda"""))
     p.add_argument("--model", required=True, metavar="M", help="name, Hugging Face folder or .gguf file")
     p.add_argument("--corpus", default="wiki", metavar="C", help="calibration + eval corpus (default: wiki)")
-    p.add_argument("--method", default="rtn", choices=METHODS, help="quantization method (default: rtn)")
+    p.add_argument("--method", default="rtn", choices=METHODS, metavar="METHOD",
+                   help=f"one of {', '.join(METHODS)} (default: rtn)")
     p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="standard setting (default: w4a4)")
     p.add_argument("--types", default="single", metavar="RULES", help="token-type rules (default: single)")
     p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")

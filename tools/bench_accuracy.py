@@ -1,9 +1,12 @@
 """Accuracy benchmark: EVAL.md perplexity of FP and every method at every bit setting, side by side.
 
-Writes <out>/bench_accuracy.json (every record, resumable: finished cells are kept) and
-<out>/bench_accuracy.md (the table the README carries).
+One calibration per token-type rule serves every method (baselines ignore types; the first
+--types rule is the main one); further --types rules add FreeAct rows, which measure what each
+rule gains over one type. Writes <out>/bench_accuracy.json (every record; resumable: finished
+cells are kept) and <out>/bench_accuracy.md (the table the README carries).
 
-    python tools/bench_accuracy.py --model smollm2-135m --corpus wiki --out results/smollm2-135m
+    python tools/bench_accuracy.py --model smollm2-135m --corpus wiki --types "sink=pos:1" \
+        --types single --out results/smollm2-135m
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from freeact_export.errors import UserError
 from freeact_export.quantize.planner import METHODS
 
 
-def _table(results: dict, methods: list[str], bits: list[str], header: str) -> str:
-    lines = [header, "", "| method | " + " | ".join(b.upper() for b in bits) + " | quantize time (W4A4) | peak RSS |",
+def _table(results: dict, rows: list[str], bits: list[str], header: str) -> str:
+    lines = [header, "", "| method | " + " | ".join(b.upper() for b in bits) + " | quantize time | peak RSS |",
              "|---|" + "---|" * (len(bits) + 2)]
     fp = results.get("fp")
     if fp:
         fp_cell = f"{fp['perplexity']:.2f}"
         lines.append(f"| FP32 | {' | '.join(fp_cell for _ in bits)} | – | – |")
-    for method in methods:
+    for method in rows:
         cells = [results.get(f"{method}/{b}") for b in bits]
         ppl = [f"{c['eval']['perplexity']:.2f}" if c else "–" for c in cells]
         first = next((c for c in cells if c), None)
@@ -43,7 +46,8 @@ def main() -> int:
     parser.add_argument("--corpus", default="wiki")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
     parser.add_argument("--bits", default=",".join(BITS_PRESETS), help="comma-separated (default: all)")
-    parser.add_argument("--types", default="single")
+    parser.add_argument("--types", action="append", metavar="RULES",
+                        help="token-type rules; repeat for extra FreeAct rows (default: sink=pos:1)")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--windows", type=int, default=32)
@@ -57,6 +61,8 @@ def main() -> int:
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     spec = EvalSpec(seqlen=1024, windows=args.windows)
     methods, bits = args.methods.split(","), args.bits.split(",")
+    rules = args.types or ["sink=pos:1"]
+    extra_rows = [f"freeact[{rule}]" for rule in rules[1:]]
 
     def save() -> None:
         tmp = json_path.with_suffix(".json.partial")
@@ -67,23 +73,27 @@ def main() -> int:
         if "fp" not in results:
             results["fp"] = api.evaluate(args.model, args.corpus, spec, device=args.device)
             save()
-        for b in bits:
-            for method in methods:
-                key = f"{method}/{b}"
+        for index, rule in enumerate(rules):
+            cal = None
+            cells = [(m, b, f"{m}/{b}") for b in bits for m in methods] if index == 0 else \
+                [("freeact", b, f"freeact[{rule}]/{b}") for b in bits]
+            for method, b, key in cells:
                 if key in results:
                     continue
                 print(f"== {key}", flush=True)
-                results[key] = api.quantize(args.model, args.corpus, method, b, args.types, args.preset, None,
-                                            seed=args.seed, device=args.device, eval_spec=spec)
+                if cal is None:
+                    cal = api.calibrate_model(args.model, args.corpus, rule, args.preset, device=args.device,
+                                              eval_spec=spec)
+                _, results[key] = api.plan_model(cal, method, b, args.seed)
                 save()
     except UserError as err:
         print(f"bench_accuracy: error: {err}", file=sys.stderr)
         return 1
     fp = results["fp"]
     header = (f"{args.model}, {args.corpus} eval split, {fp['windows']} windows x {fp['seqlen']} tokens, "
-              f"{fp['dtype']}, {fp['device']}; calibration preset {args.preset}, types {args.types}, "
-              f"seed {args.seed}; perplexity (lower is better)")
-    (out / "bench_accuracy.md").write_text(_table(results, methods, bits, header))
+              f"{fp['dtype']}, {fp['device']}; calibration preset {args.preset}, token types {rules[0]}, "
+              f"seed {args.seed}; perplexity (lower is better); quantize time = calibration + planning")
+    (out / "bench_accuracy.md").write_text(_table(results, methods + extra_rows, bits, header))
     print((out / "bench_accuracy.md").read_text())
     return 0
 

@@ -10,25 +10,30 @@ from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, bits_
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.quantize.baselines import BASELINES, baseline_transform
 from freeact_export.quantize.freeact import learn_freeact
+from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
 from freeact_export.quantize.quantizers import quantize
 from freeact_export.transforms.apply import weight_side
 
 LEARNED = ("flatquant", "freeact")
-METHODS = (*BASELINES, *LEARNED)
+TRANSFORMS = (*BASELINES, *LEARNED)
+# "<transform>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
+METHODS = (*TRANSFORMS, *(f"{t}+gptq" for t in TRANSFORMS))
 
 
 def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
-                     clip: torch.Tensor | None = None) -> list[LinearPlan]:
+                     clip: torch.Tensor | None = None, hessian: torch.Tensor | None = None) -> list[LinearPlan]:
     """Fold the transform into each weight (float64) and quantize it; scales kept in float32.
 
     Args:
         clip: learned clipping per output channel of the stacked consumers [sum of out, 1].
+        hessian: E[x̃ x̃ᵀ] of the transformed activations: quantize with GPTQ instead of RTN.
     """
     plans, row = [], 0
     for name, linear in zip(names, linears, strict=True):
         folded = weight_side(linear.weight.detach(), kind, tensors)
         rows = folded.shape[0]
-        q = quantize(folded, spec, None if clip is None else clip[row:row + rows])
+        row_clip = None if clip is None else clip[row:row + rows]
+        q = quantize(folded, spec, row_clip) if hessian is None else gptq_quantize(folded, hessian, spec, row_clip)
         row += rows
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         plans.append(LinearPlan(name, q.codes, q.scale.float(), q.zero, bias))
@@ -49,6 +54,7 @@ def build_plan(model: torch.nn.Module, record: CalibrationRecord, method: str, b
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method}; choose one of {', '.join(METHODS)}")
+    base, _, weight_method = method.partition("+")
     num_types = record.token_types.num_types
     freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
     groups, act_spec, learned = [], None, []
@@ -58,18 +64,20 @@ def build_plan(model: torch.nn.Module, record: CalibrationRecord, method: str, b
         weight_spec, act_spec = bits_preset(bits, group.in_features)
         group_seed = seed * 1_000_003 + index
         weight_clip = None
-        if method in LEARNED:
+        stats = record.stats[group.name]
+        if base in LEARNED:
             kind = "kronecker"
-            tensors, weight_clip, info = learn_freeact(group.name, record.stats[group.name], weights, weight_spec,
-                                                       act_spec, freeact, method == "flatquant", group_seed)
+            tensors, weight_clip, info = learn_freeact(group.name, stats, weights, weight_spec, act_spec, freeact,
+                                                       base == "flatquant", group_seed)
             learned.append(info)
         else:
-            kind, tensors = baseline_transform(method, group.name, record.stats[group.name], weights, group_seed)
+            kind, tensors = baseline_transform(base, group.name, stats, weights, group_seed)
             tensors["clip"] = torch.ones(num_types)
         tensors = _stored(tensors)
+        hessian = transformed_hessian(stats, kind, tensors) if weight_method == "gptq" else None
         groups.append(GroupPlan(group.name, group.in_features, kind, tensors,
-                                quantize_weights(group.linears, linears, kind, tensors, weight_spec, weight_clip),
-                                weight_spec))
+                                quantize_weights(group.linears, linears, kind, tensors, weight_spec, weight_clip,
+                                                 hessian), weight_spec))
     info = {"seed": seed}
     if learned:
         info.update(freeact=freeact.to_dict(), learning=learned)

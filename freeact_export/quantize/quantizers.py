@@ -53,8 +53,13 @@ def _grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 def _scale_zero(g: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float):
-    """Scale (and zero) per last-dim slice of the grouped view; differentiable in `clip`."""
+    """Scale (and zero) per last-dim slice of the grouped view; differentiable in `clip`.
+
+    A tensor clip is given per row ([rows, 1]); in the group view it applies to every group.
+    """
     lo_code, hi_code = code_range(spec.bits, spec.symmetric)
+    if isinstance(clip, torch.Tensor) and spec.granularity == "group":
+        clip = clip.unsqueeze(-1)
     if spec.symmetric:
         absmax = g.abs().amax(dim=-1, keepdim=True) * clip
         scale = absmax / hi_code

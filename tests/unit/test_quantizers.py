@@ -110,3 +110,14 @@ def test_pack_refuses_odd_length_and_out_of_range():
         pack_int4(torch.zeros(3, dtype=torch.int8))
     with pytest.raises(ValueError, match="INT4 codes"):
         pack_int4(torch.tensor([20, 1], dtype=torch.int16))
+
+
+def test_per_row_clip_applies_to_every_group():
+    x = torch.randn(3, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    clip = torch.tensor([[1.0], [0.5], [0.25]], dtype=torch.float64)
+    spec = QuantSpec(4, True, "group", 8)
+    q = quantize(x, spec, clip)
+    unclipped = quantize(x, spec)
+    assert q.scale.shape == (3, 4)
+    assert torch.allclose(q.scale, unclipped.scale * clip)
+    assert fake_quantize(x, spec, clip).shape == x.shape

@@ -1,0 +1,91 @@
+"""GPTQ (Frantar et al., 2022) for a folded weight, with the Hessian of the transformed activations.
+
+Composable with every transform: the plan's weight is W' = W diag(s) T⁻ᵀ and the activations it
+meets are x̃_k = m_k ⊙ ((x / s) T), so the Hessian is H = Σ_k diag(m_k) Tᵀ M_k T diag(m_k) / N
+with M_k = Σ x xᵀ of type k from calibration. Columns are quantized in order, each one's
+rounding error spread over the columns not yet quantized through the Cholesky factor of H⁻¹.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from freeact_export.calibrate.stats import TypeStats
+from freeact_export.config import QuantSpec
+from freeact_export.quantize.quantizers import Quantized, code_dtype, code_range, quantize
+from freeact_export.transforms.apply import activation_side
+
+_DAMP = 0.01  # fraction of mean(diag H) added to the diagonal, as in the reference implementation
+_BLOCK = 128
+
+
+def transformed_hessian(stats: list[TypeStats], kind: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """E[x̃ x̃ᵀ] over all calibration tokens in the plan's transformed, masked basis (float64)."""
+    d = stats[0].second_moment.shape[0]
+    transform = activation_side(torch.eye(d, dtype=torch.float64), kind,
+                                {k: v.double() for k, v in tensors.items() if k not in ("masks", "clip")})
+    masks = tensors.get("masks")
+    hessian = torch.zeros(d, d, dtype=torch.float64)
+    for k, s in enumerate(stats):
+        part = transform.T @ s.second_moment @ transform
+        if masks is not None:
+            m = masks[k].double()
+            part = part * m[:, None] * m[None, :]
+        hessian += part
+    return hessian / max(sum(s.count for s in stats), 1)
+
+
+def _column_params(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None):
+    """Per-row scale (and zero) [n, 1] of a weight slice, exactly as quantize() computes them."""
+    flat = QuantSpec(spec.bits, spec.symmetric, "channel", 0, spec.clip_ratio)
+    q = quantize(w, flat, clip)
+    return q.scale, q.zero
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec,
+                  clip: torch.Tensor | None = None) -> Quantized:
+    """Quantize a weight [n, d] (float64) column by column with error feedback.
+
+    Scales are fixed before the columns they cover are quantized: once per row for
+    per-channel specs (from the unmodified weight, clip applied), and at each group's first
+    column for group specs (from the error-updated weights), as reference GPTQ does.
+    """
+    if spec.granularity not in ("channel", "group"):
+        raise ValueError("GPTQ quantizes weights per channel or per group")
+    w = weight.double().clone()
+    n, d = w.shape
+    h = hessian.double().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += _DAMP * torch.diagonal(h).mean() * torch.eye(d, dtype=torch.float64)
+    h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+    lo, hi = code_range(spec.bits, spec.symmetric)
+    codes = torch.zeros(n, d, dtype=torch.float64)
+    block = spec.group_size if spec.granularity == "group" else _BLOCK
+    scales, zeros = [], []
+    scale, zero = _column_params(w, spec, clip) if spec.granularity == "channel" else (None, None)
+    for start in range(0, d, block):
+        stop = min(start + block, d)
+        w1 = w[:, start:stop].clone()
+        err1 = torch.zeros_like(w1)
+        h1 = h_inv[start:stop, start:stop]
+        if spec.granularity == "group":  # blocks coincide with groups: w1 is fully updated here
+            scale, zero = _column_params(w1, spec, clip)
+            scales.append(scale)
+            zeros.append(zero)
+        for i in range(stop - start):
+            col = w1[:, i:i + 1]
+            c = torch.round(col / scale) + (0 if zero is None else zero.double())
+            c = c.clamp(lo, hi)
+            deq = (c - (0 if zero is None else zero.double())) * scale
+            codes[:, start + i] = c[:, 0]
+            err = (col - deq) / h1[i, i]
+            w1[:, i:] -= err * h1[i:i + 1, i:]
+            err1[:, i:i + 1] = err
+        w[:, stop:] -= err1 @ h_inv[start:stop, stop:]
+    if spec.granularity == "group":
+        scale = torch.cat(scales, dim=1)
+        zero = None if zeros[0] is None else torch.cat(zeros, dim=1)
+    return Quantized(codes.to(code_dtype(spec)), scale, zero)
