@@ -179,6 +179,7 @@ class Calibrated:
     eval_windows: Windows | None
     eval_spec: EvalSpec | None
     calibration_s: float
+    massive: dict
 
     def type_token_counts(self) -> dict[str, int]:
         stats = self.record.stats[self.record.groups[0].name]
@@ -221,7 +222,7 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", pre
     start = time.perf_counter()
     record = calibrate(torch_model, calib_windows, token_types, calib_spec, progress)
     return Calibrated(model, source, text, preset, device, torch_model, record, windows, eval_spec,
-                      round(time.perf_counter() - start, 1))
+                      round(time.perf_counter() - start, 1), record.massive.summary(tok))
 
 
 def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: int = 0,
@@ -240,6 +241,7 @@ def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: i
               "device": cal.device, "calibration_s": cal.calibration_s, "plan_s": plan_s,
               "quantize_s": round(cal.calibration_s + plan_s, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
               "calibration": calib_spec, "type_token_counts": cal.type_token_counts(), "groups": len(plan.groups),
+              "massive_activations": cal.massive,
               "learning": plan.info.get("learning")}
     if cal.eval_windows is not None:
         runner = SimulatedLogits(cal.torch_model, plan)

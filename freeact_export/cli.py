@@ -195,6 +195,10 @@ def _run_quantize(args: argparse.Namespace) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
     print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
           f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s; peak memory {report['peak_rss_gb']:.1f} GB")
+    massive = report["massive_activations"]
+    print(f"massive activations (> {massive['factor']:.0f}x the median token, peak {massive['peak_ratio']:.0f}x): "
+          f"positions {massive['positions'] or '-'}; tokens {massive['token_ids'] or '-'}; "
+          f"rules worth trying: {'; '.join(massive['suggested_rules']) or '-'}")
     if "eval" in report:
         e = report["eval"]
         print(f"simulated perplexity {e['perplexity']:.3f}  model={args.model} corpus={args.corpus} (eval split) "

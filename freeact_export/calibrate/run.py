@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from freeact_export.calibrate.groups import LinearGroup, find_linear_groups
+from freeact_export.calibrate.massive import MassiveTokens
 from freeact_export.calibrate.stats import GroupRecorder, TypeContext, TypeStats
 from freeact_export.config import CalibSpec
 from freeact_export.errors import UserError
@@ -25,6 +26,7 @@ class CalibrationRecord:
     groups: list[LinearGroup]
     stats: dict[str, list[TypeStats]]
     spec: CalibSpec
+    massive: MassiveTokens
 
 
 def calibration_windows(token_ids: list[int], spec: CalibSpec, bos_id: int | None) -> np.ndarray:
@@ -46,6 +48,7 @@ def calibrate(model: torch.nn.Module, windows: np.ndarray, token_types: TokenTyp
     device = next(model.parameters()).device
     groups = find_linear_groups(model, torch.from_numpy(windows[:1, :16]).to(device))
     context = TypeContext(token_types.num_types)
+    massive = MassiveTokens()
     keep = math.ceil(spec.samples_per_type / len(windows))
     recorders = {}
     for index, group in enumerate(groups):
@@ -58,6 +61,7 @@ def calibrate(model: torch.nn.Module, windows: np.ndarray, token_types: TokenTyp
                 ids = torch.from_numpy(row[None, :]).to(device)
                 context.types = token_types.assign(ids).reshape(-1).cpu()
                 model(input_ids=ids, use_cache=False)
+                massive.add_window(ids[0].cpu(), [rec.last_token_absmax for rec in recorders.values()])
     finally:
         for group in groups:
             swap_module(model, group.linears[0], recorders[group.name].linear)
@@ -68,4 +72,4 @@ def calibrate(model: torch.nn.Module, windows: np.ndarray, token_types: TokenTyp
             raise UserError(f"token type '{name}' has {first_stats[k].count} calibration tokens, fewer than "
                             f"{spec.min_tokens}; change the rule ({token_types.to_text()}) "
                             "or calibrate on more windows")
-    return CalibrationRecord(token_types, groups, stats, spec)
+    return CalibrationRecord(token_types, groups, stats, spec, massive)

@@ -66,9 +66,11 @@ class GroupRecorder(torch.nn.Module):
         self.keep_per_call = keep_per_call
         self.generator = torch.Generator().manual_seed(seed)
         self.stats = [TypeStats.empty(linear.in_features) for _ in range(context.num_types)]
+        self.last_token_absmax: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.detach().reshape(-1, x.shape[-1]).cpu()
+        self.last_token_absmax = flat.abs().amax(dim=-1)
         types = self.context.types
         for k, stats in enumerate(self.stats):
             stats.add(flat[types == k], self.keep_per_call, self.generator)
