@@ -20,6 +20,7 @@ from pathlib import Path
 from freeact_export import api
 from freeact_export.config import BITS_PRESETS, EvalSpec
 from freeact_export.errors import UserError
+from freeact_export.evaluate.difficulty import plan_difficulty, plot_difficulty
 from freeact_export.quantize.planner import METHODS
 
 
@@ -84,7 +85,9 @@ def main() -> int:
                 if cal is None:
                     cal = api.calibrate_model(args.model, args.corpus, rule, args.preset, device=args.device,
                                               eval_spec=spec)
-                _, results[key] = api.plan_model(cal, method, b, args.seed)
+                plan, report = api.plan_model(cal, method, b, args.seed)
+                report["difficulty"] = plan_difficulty(cal.record, plan)
+                results[key] = report
                 save()
     except UserError as err:
         print(f"bench_accuracy: error: {err}", file=sys.stderr)
@@ -94,6 +97,12 @@ def main() -> int:
               f"{fp['dtype']}, {fp['device']}; calibration preset {args.preset}, token types {rules[0]}, "
               f"seed {args.seed}; perplexity (lower is better); quantize time = calibration + planning")
     (out / "bench_accuracy.md").write_text(_table(results, methods + extra_rows, bits, header))
+    first_bits = [key for key in (f"{m}/{bits[0]}" for m in methods) if key in results]
+    if first_bits:
+        plot_difficulty({key.split("/")[0]: results[key]["difficulty"] for key in first_bits},
+                        out / "bench_difficulty.png",
+                        f"{args.model}: quantization difficulty per layer and token type, before and after "
+                        f"each method's transform ({bits[0].upper()} plans)")
     print((out / "bench_accuracy.md").read_text())
     return 0
 
