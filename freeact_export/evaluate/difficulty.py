@@ -1,7 +1,7 @@
 """Quantization difficulty (SmoothRot): spread of the per-channel L2 norms of a group's activations.
 
 Computed from calibration second moments, before and after a plan's transform: the channel
-norms of x̃_k = m_k ⊙ ((x / s) T) are sqrt(diag(diag(m_k) Tᵀ M_k T diag(m_k)) / N_k). A flat
+norms of x̃_k = x T_k (transforms.apply.type_matrices) are sqrt(diag(T_kᵀ M_k T_k) / N_k). A flat
 profile means per-token quantization loses little to outlier channels. SmoothRot uses the std
 of the norms; we divide it by their mean (coefficient of variation) so that smoothing's mere
 rescaling of the activations does not count as progress, and take norms per token (RMS) so
@@ -14,7 +14,7 @@ import torch
 
 from freeact_export.calibrate.run import CalibrationRecord
 from freeact_export.plan import Plan
-from freeact_export.transforms.apply import activation_side
+from freeact_export.transforms.apply import type_matrices
 
 
 def _channel_rms(second_moment: torch.Tensor, count: int) -> torch.Tensor:
@@ -31,17 +31,11 @@ def plan_difficulty(record: CalibrationRecord, plan: Plan) -> dict[str, dict[str
     names = record.token_types.names
     for group in plan.groups:
         stats = record.stats[group.name]
-        d = group.in_features
-        online = {k: v.double() for k, v in group.tensors.items() if k not in ("masks", "clip")}
-        transform = activation_side(torch.eye(d, dtype=torch.float64), group.transform, online)
-        masks = group.tensors.get("masks")
+        mats = type_matrices(group.transform, group.tensors, len(stats), group.in_features)
         per_type = {}
         for k, s in enumerate(stats):
             before = _channel_rms(s.second_moment, s.count)
-            moved = transform.T @ s.second_moment @ transform
-            after = _channel_rms(moved, s.count)
-            if masks is not None:
-                after = after * masks[k].double()
+            after = _channel_rms(mats[k].T @ s.second_moment @ mats[k], s.count)
             per_type[names[k]] = (_spread(before), _spread(after))
         result[group.name] = per_type
     return result

@@ -1,9 +1,10 @@
 """GPTQ (Frantar et al., 2022) for a folded weight, with the Hessian of the transformed activations.
 
 Composable with every transform: the plan's weight is W' = W diag(s) T⁻ᵀ and the activations it
-meets are x̃_k = m_k ⊙ ((x / s) T), so the Hessian is H = Σ_k diag(m_k) Tᵀ M_k T diag(m_k) / N
-with M_k = Σ x xᵀ of type k from calibration. Columns are quantized in order, each one's
-rounding error spread over the columns not yet quantized through the Cholesky factor of H⁻¹.
+meets are x̃_k = x T_k (transforms.apply.type_matrices: smoothing, T, mask, delta), so the
+Hessian is H = Σ_k T_kᵀ M_k T_k / N with M_k = Σ x xᵀ of type k from calibration. Columns
+are quantized in order, each one's rounding error spread over the columns not yet quantized
+through the Cholesky factor of H⁻¹.
 """
 
 from __future__ import annotations
@@ -13,25 +14,17 @@ import torch
 from freeact_export.calibrate.stats import TypeStats
 from freeact_export.config import QuantSpec
 from freeact_export.quantize.quantizers import Quantized, code_dtype, code_range, quantize
-from freeact_export.transforms.apply import activation_side
+from freeact_export.transforms.apply import type_matrices
 
 _DAMP = 0.01  # fraction of mean(diag H) added to the diagonal, as in the reference implementation
 _BLOCK = 128
 
 
 def transformed_hessian(stats: list[TypeStats], kind: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """E[x̃ x̃ᵀ] over all calibration tokens in the plan's transformed, masked basis (float64)."""
+    """E[x̃ x̃ᵀ] over all calibration tokens in the plan's per-type transformed basis (float64)."""
     d = stats[0].second_moment.shape[0]
-    transform = activation_side(torch.eye(d, dtype=torch.float64), kind,
-                                {k: v.double() for k, v in tensors.items() if k not in ("masks", "clip")})
-    masks = tensors.get("masks")
-    hessian = torch.zeros(d, d, dtype=torch.float64)
-    for k, s in enumerate(stats):
-        part = transform.T @ s.second_moment @ transform
-        if masks is not None:
-            m = masks[k].double()
-            part = part * m[:, None] * m[None, :]
-        hessian += part
+    mats = type_matrices(kind, tensors, len(stats), d)
+    hessian = sum(mats[k].T @ s.second_moment @ mats[k] for k, s in enumerate(stats))
     return hessian / max(sum(s.count for s in stats), 1)
 
 

@@ -1,7 +1,7 @@
 """Explicit fake-quant modules that execute a Plan inside the PyTorch model.
 
 Each group's consumers are replaced by SimLinear modules sharing one ActivationPath, which
-computes x̃ = Q_a(((x / s) T) ⊙ mask[type]; clip[type]) once per input tensor. Weights are the
+computes x̃ = Q_a(((x / s) T) ⊙ mask[type] + x delta[type]; clip[type]) once per input tensor. Weights are the
 plan's codes times scales, so the simulation computes exactly what the integer kernels do up
 to float summation order.
 """
@@ -20,7 +20,7 @@ from freeact_export.module_surgery import swap_module
 from freeact_export.plan import GroupPlan, Plan
 from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize
 from freeact_export.token_types import TokenTypes
-from freeact_export.transforms.apply import activation_side
+from freeact_export.transforms.apply import ONLINE_KEYS, activation_side
 
 
 class ActivationPath(torch.nn.Module):
@@ -29,8 +29,9 @@ class ActivationPath(torch.nn.Module):
     def __init__(self, group: GroupPlan, act_spec: QuantSpec | None, context: TypeContext):
         super().__init__()
         self.kind = group.transform
-        self.transform_tensors = {k: v for k, v in group.tensors.items() if k not in ("masks", "clip")}
+        self.transform_tensors = {k: v for k, v in group.tensors.items() if k in ONLINE_KEYS}
         self.masks = group.tensors.get("masks")
+        self.deltas = group.tensors.get("deltas")
         self.clip = group.tensors["clip"]
         self.act_spec = act_spec
         self.context = context
@@ -43,6 +44,11 @@ class ActivationPath(torch.nn.Module):
         y = activation_side(x.float(), self.kind, self.transform_tensors)
         if self.masks is not None:
             y = y * self.masks.to(y.device)[types]
+        if self.deltas is not None:
+            for k in range(self.deltas.shape[0]):
+                selected = types == k
+                if selected.any():
+                    y[selected] += x.float()[selected] @ self.deltas[k].to(y.device)
         if self.act_spec is not None:
             y = fake_quantize(y, self.act_spec, clip=self.clip.to(y.device)[types][..., None])
         y = y.to(x.dtype)

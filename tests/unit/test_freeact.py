@@ -88,3 +88,48 @@ def test_learning_lowers_the_objective(single_type):
     assert weight_clip.shape == (24, 1) and torch.all(weight_clip <= 1)
     assert tensors["clip"].shape == (2,)
     assert ("masks" in tensors) != single_type
+
+
+def _stats(x: torch.Tensor) -> TypeStats:
+    s = TypeStats.empty(x.shape[1])
+    s.add(x, keep=len(x), generator=torch.Generator().manual_seed(0))
+    return s
+
+
+def test_general_variant_is_exact_for_any_delta_in_the_null_space():
+    from freeact_export.quantize.freeact import null_complement
+
+    gen = torch.Generator().manual_seed(5)
+    low_rank = torch.randn(40, 5, dtype=torch.float64, generator=gen) @ torch.randn(5, D, dtype=torch.float64,
+                                                                                    generator=gen)
+    complement = null_complement(_stats(low_rank))
+    assert complement is not None and round(float(torch.trace(complement))) == D - 5
+    p1, p2 = random_orthogonal(D1, 0), random_orthogonal(D2, 1)
+    w = torch.randn(6, D, dtype=torch.float64, generator=gen)
+    shared_weight = kron_apply(w, torch.linalg.inv(p1).T, torch.linalg.inv(p2).T)
+    for _ in range(3):
+        delta = complement @ torch.randn(D, D, dtype=torch.float64, generator=gen) * 10
+        approx = (kron_apply(low_rank, p1, p2) + low_rank @ delta) @ shared_weight.T
+        reference = low_rank @ w.T
+        assert torch.linalg.norm(approx - reference) <= 1e-6 * torch.linalg.norm(reference)
+
+
+def test_a_full_rank_type_gets_no_freedom():
+    from freeact_export.quantize.freeact import null_complement
+
+    full = torch.randn(500, D, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert null_complement(_stats(full)) is None
+
+
+def test_general_variant_learns_deltas_for_the_rank_deficient_type():
+    gen = torch.Generator().manual_seed(7)
+    ordinary = torch.randn(400, D, generator=gen)
+    sinks = torch.randn(12, 3, generator=gen) @ torch.randn(3, D, generator=gen) * 5  # rank 3, loud
+    w = torch.randn(24, D, generator=gen)
+    tensors, _, info = learn_freeact("g", [_stats(ordinary), _stats(sinks)], [w], QuantSpec(4, True, "channel"),
+                                     QuantSpec(4, True, "token"), FreeActSpec(steps=60, lr=1e-2), False, seed=0,
+                                     general=True)
+    assert info["free_dims_per_type"] == [0, D - 3]
+    assert tensors["deltas"].shape == (2, D, D)
+    assert torch.all(tensors["deltas"][0] == 0) and tensors["deltas"][1].abs().sum() > 0
+    assert info["objective_after"] < info["objective_before"]
