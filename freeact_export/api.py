@@ -18,7 +18,7 @@ import torch
 from freeact_export import __version__
 from freeact_export.assets import Corpus, ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import CalibrationRecord, calibrate, calibration_windows
-from freeact_export.config import BITS_PRESETS, CALIB_PRESETS, FREEACT_PRESETS, EvalSpec, ExportSpec
+from freeact_export.config import BITS_PRESETS, CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, EvalSpec, ExportSpec
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
 from freeact_export.export.prefill import export_prefill
@@ -192,7 +192,7 @@ def _check_choice(kind: str, value: str, choices) -> None:
 
 
 def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", preset: str = "cpu", *,
-                    device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(),
+                    device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
                     progress: bool = True) -> Calibrated:
     """Load a PyTorch model and collect its per-type calibration statistics (EVAL.md sampling).
 
@@ -202,6 +202,8 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", pre
         types: token-type rules (freeact_export.token_types), "single" for one type.
         preset: "cpu" (32 x 512 calibration tokens) or "gpu" (128 x 1024).
         eval_spec: eval windows prepared for plan_model's perplexity (None: no evaluation).
+        calib: calibration data settings overriding the preset's (the preset still picks the
+            learning settings of FreeAct / FlatQuant).
     """
     source = resolve_model(model)
     if source.kind == "onnx":
@@ -215,7 +217,7 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", pre
     device = resolve_device(device, source)
     tok = load_tokenizer(source)
     windows = None if eval_spec is None else _windows(tok, text, eval_spec)
-    calib_spec = CALIB_PRESETS[preset]
+    calib_spec = CALIB_PRESETS[preset] if calib is None else calib
     calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
     calib_windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
     torch_model = load_torch_model(source, "float32", device)
@@ -251,7 +253,8 @@ def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: i
 
 def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = "w4a4", types: str = "single",
              preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0, device: str = "auto",
-             eval_spec: EvalSpec | None = EvalSpec(), overwrite: bool = False, progress: bool = True) -> dict:
+             eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None, overwrite: bool = False,
+             progress: bool = True) -> dict:
     """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
 
     See calibrate_model and plan_model for the arguments; `seed` drives the method's random
@@ -262,7 +265,8 @@ def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = 
     out = None if output is None else Path(output)
     if out is not None:
         check_new_output(out, overwrite)  # before the slow part
-    cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, progress=progress)
+    cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
+                          progress=progress)
     plan, report = plan_model(cal, method, bits, seed, progress)
     if out is not None:
         with atomic_path(out, overwrite) as tmp:

@@ -175,6 +175,8 @@ def _add_quantize(sub) -> None:
     p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="standard setting (default: w4a4)")
     p.add_argument("--types", default="single", metavar="RULES", help="token-type rules (default: single)")
     p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")
+    p.add_argument("--calib-windows", type=int, metavar="N", help="calibration windows (overrides the preset)")
+    p.add_argument("--calib-seqlen", type=int, metavar="T", help="calibration window length (overrides the preset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--windows", type=int, default=32, help="eval windows for the simulated perplexity (default: 32)")
@@ -186,12 +188,20 @@ def _add_quantize(sub) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from freeact_export import api
-    from freeact_export.config import EvalSpec
+    from freeact_export.config import CALIB_PRESETS, EvalSpec
 
     eval_spec = None if args.no_eval else _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
+    calib = None
+    if args.calib_windows or args.calib_seqlen:
+        preset = CALIB_PRESETS[args.preset]
+        calib = dataclasses.replace(preset, windows=args.calib_windows or preset.windows,
+                                    seqlen=args.calib_seqlen or preset.seqlen)
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
-                          seed=args.seed, device=args.device, eval_spec=eval_spec, overwrite=args.overwrite)
+                          seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib,
+                          overwrite=args.overwrite)
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
     print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
           f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s; peak memory {report['peak_rss_gb']:.1f} GB")

