@@ -78,7 +78,7 @@ def evaluate(model: str, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str
     source = resolve_model(model)
     text = resolve_corpus(corpus)
     device = resolve_device(device, source)
-    windows = _windows(load_tokenizer(source, tokenizer), text, spec)  # before the slow model load
+    windows = corpus_windows(load_tokenizer(source, tokenizer), text, spec)  # before the slow model load
     if source.kind == "onnx":
         runner = OrtLogits(source.path, device)
     else:
@@ -87,7 +87,8 @@ def evaluate(model: str, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str
             **_perplexity_record(runner, windows, text, spec, progress), "device": device}
 
 
-def _windows(tokenizer, corpus: Corpus, spec: EvalSpec) -> Windows:
+def corpus_windows(tokenizer, corpus: Corpus, spec: EvalSpec) -> Windows:
+    """The EVAL.md windows of a corpus's eval split for this tokenizer (BOS rule included)."""
     token_ids = tokenizer(corpus.eval_text, add_special_tokens=False).input_ids
     return eval_windows(token_ids, spec, bos_context_id(tokenizer), corpus.name)
 
@@ -216,7 +217,7 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", pre
     text = resolve_corpus(corpus)
     device = resolve_device(device, source)
     tok = load_tokenizer(source)
-    windows = None if eval_spec is None else _windows(tok, text, eval_spec)
+    windows = None if eval_spec is None else corpus_windows(tok, text, eval_spec)
     calib_spec = CALIB_PRESETS[preset] if calib is None else calib
     calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
     calib_windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))

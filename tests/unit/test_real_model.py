@@ -88,7 +88,7 @@ def test_w4a16_simulation_equals_an_independent_weight_rtn_model(calibrated_sink
         for module in model.model.layers.modules():
             if isinstance(module, torch.nn.Linear):  # EVAL.md W4A16: groups of 128 where d allows
                 module.weight.copy_(_rtn_reference(module.weight, 128 if module.in_features % 128 == 0 else 0))
-    windows = api._windows(load_tokenizer(resolve_model("smollm2-135m")), resolve_corpus("wiki"), spec)
+    windows = api.corpus_windows(load_tokenizer(resolve_model("smollm2-135m")), resolve_corpus("wiki"), spec)
     reference = perplexity(TorchLogits(model), windows, progress=False).perplexity
     assert simulated == pytest.approx(reference, rel=1e-4)
 
