@@ -63,7 +63,6 @@ def main() -> int:
     spec = EvalSpec(seqlen=1024, windows=args.windows)
     methods, bits = args.methods.split(","), args.bits.split(",")
     rules = args.types or ["sink=pos:1"]
-    extra_rows = [f"freeact[{rule}]" for rule in rules[1:]]
 
     def save() -> None:
         tmp = json_path.with_suffix(".json.partial")
@@ -96,13 +95,18 @@ def main() -> int:
     header = (f"{args.model}, {args.corpus} eval split, {fp['windows']} windows x {fp['seqlen']} tokens, "
               f"{fp['dtype']}, {fp['device']}; calibration preset {args.preset}, token types {rules[0]}, "
               f"seed {args.seed}; perplexity (lower is better); quantize time = calibration + planning")
-    (out / "bench_accuracy.md").write_text(_table(results, methods + extra_rows, bits, header))
-    first_bits = [key for key in (f"{m}/{bits[0]}" for m in methods) if key in results]
-    if first_bits:
-        plot_difficulty({key.split("/")[0]: results[key]["difficulty"] for key in first_bits},
+    # The table and plot cover every cell the JSON holds, so resumed and chained runs build one table.
+    cells = [key for key in results if key != "fp"]
+    all_bits = [b for b in BITS_PRESETS if any(key.endswith(f"/{b}") for key in cells)]
+    all_rows = [m for m in METHODS if any(key.startswith(f"{m}/") for key in cells)]
+    all_rows += sorted({key.split("/")[0] for key in cells} - set(all_rows))
+    (out / "bench_accuracy.md").write_text(_table(results, all_rows, all_bits, header))
+    plotted = [key for key in (f"{m}/w4a4" for m in all_rows) if key in results and "[" not in key]
+    if plotted:
+        plot_difficulty({key.split("/")[0]: results[key]["difficulty"] for key in plotted},
                         out / "bench_difficulty.png",
                         f"{args.model}: quantization difficulty per layer and token type, before and after "
-                        f"each method's transform ({bits[0].upper()} plans)")
+                        f"each method's transform (W4A4 plans)")
     print((out / "bench_accuracy.md").read_text())
     return 0
 

@@ -133,3 +133,30 @@ def test_simulated_freeact_general_path_matches_a_direct_formula():
         scale = y.abs().max() * t["clip"][k] / 127
         rows.append(torch.clamp(torch.round(y / scale), -128, 127) * scale)
     assert torch.allclose(got, torch.stack(rows), rtol=1e-3, atol=1e-3)
+
+
+def test_the_plan_executes_what_freeact_learned():
+    """The learner's objective, recomputed through the plan and the simulation modules, is the same."""
+    from freeact_export.config import FreeActSpec, bits_preset
+    from freeact_export.quantize.freeact import learn_freeact
+
+    model = _model()
+    record = calibrate(model, _windows(), TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
+    plan = build_plan(model, record, "freeact", "w4a4", progress=False, freeact=FreeActSpec(steps=20))
+    runner = SimulatedLogits(model, plan)
+    group = plan.groups[0]
+    stats = record.stats[group.name]
+    linears = [model.get_submodule(lin.name) for lin in group.linears]
+    weight_spec, act_spec = bits_preset("w4a4", group.in_features)
+    _, _, info = learn_freeact(group.name, stats, [lin.weight for lin in linears], weight_spec, act_spec,
+                               FreeActSpec(steps=20), False, 0)  # the planner's seed for group 0
+    objective = 0.0
+    for k, s in enumerate(stats):
+        x = s.samples[None]
+        runner.context.types = torch.full((x.shape[1],), k, dtype=torch.int32)
+        sims = [runner.model.get_submodule(lin.name) for lin in group.linears]
+        with torch.no_grad():
+            out = torch.cat([sim(x)[0] for sim in sims], dim=1)
+        target = x[0] @ torch.cat([lin.weight for lin in linears]).T.detach()
+        objective += float((out - target).pow(2).mean() / target.pow(2).mean())
+    assert objective == pytest.approx(info["objective_after"], rel=1e-3)
