@@ -18,7 +18,15 @@ import torch
 from freeact_export import __version__
 from freeact_export.assets import Corpus, ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import CalibrationRecord, calibrate, calibration_windows
-from freeact_export.config import BITS_PRESETS, CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, EvalSpec, ExportSpec
+from freeact_export.config import (
+    BITS_PRESETS,
+    CALIB_PRESETS,
+    FREEACT_PRESETS,
+    CalibSpec,
+    EvalSpec,
+    ExportSpec,
+    FreeActSpec,
+)
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
 from freeact_export.export.prefill import export_prefill
@@ -229,12 +237,17 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", pre
 
 
 def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: int = 0,
-               progress: bool = True) -> tuple[Plan, dict]:
-    """Plan one method at one bit setting from a calibration; measure its simulated perplexity."""
+               progress: bool = True, freeact: FreeActSpec | None = None) -> tuple[Plan, dict]:
+    """Plan one method at one bit setting from a calibration; measure its simulated perplexity.
+
+    Args:
+        freeact: learning settings of FreeAct / FlatQuant (default: the calibration preset's).
+    """
     _check_choice("method", method, METHODS)
     _check_choice("bits", bits, BITS_PRESETS)
     start = time.perf_counter()
-    plan = build_plan(cal.torch_model, cal.record, method, bits, seed, progress, FREEACT_PRESETS[cal.preset])
+    freeact = FREEACT_PRESETS[cal.preset] if freeact is None else freeact
+    plan = build_plan(cal.torch_model, cal.record, method, bits, seed, progress, freeact)
     plan_s = round(time.perf_counter() - start, 1)
     calib_spec = cal.record.spec.to_dict()
     plan.info.update({"model": cal.model, "corpus": cal.corpus.name, "preset": cal.preset, "calibration": calib_spec,

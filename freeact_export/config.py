@@ -163,6 +163,9 @@ class FreeActSpec(_Versioned):
         batch_tokens: tokens per type in each step's minibatch (drawn from calibration samples).
         dedicated_fraction: r_k / d, the dimensions dedicated to each type (paper: 1/32).
         init: "hadamard" (where both Kronecker factors have one, else orthogonal) or "orthogonal".
+        type_weighting: "tokens" sums the squared error over all calibration tokens, so each
+            type weighs by its share of tokens (DESIGN's objective); "equal" gives every type's
+            relative error the same weight (rare types such as sinks count as much as the rest).
     """
 
     steps: int = 100
@@ -170,10 +173,13 @@ class FreeActSpec(_Versioned):
     batch_tokens: int = 256
     dedicated_fraction: float = 1 / 32
     init: str = "hadamard"
+    type_weighting: str = "tokens"
 
     def __post_init__(self) -> None:
         if self.init not in ("hadamard", "orthogonal"):
             raise ValueError(f"init must be 'hadamard' or 'orthogonal' (got {self.init})")
+        if self.type_weighting not in ("tokens", "equal"):
+            raise ValueError(f"type_weighting must be 'tokens' or 'equal' (got {self.type_weighting})")
         if not 0.0 <= self.dedicated_fraction < 0.5:
             raise ValueError(f"dedicated_fraction must be in [0, 0.5) (got {self.dedicated_fraction})")
 

@@ -8,8 +8,9 @@ m_k keeps the shared block and type k's dedicated block and zeroes the other typ
 it is exact for a type-k token whose activations have no energy in those blocks. The blocks
 (r_k = d · dedicated_fraction per type) are the transformed dimensions where one type's energy
 most exceeds the others'. P1, P2, s, the per-output-channel weight clip c_w and the per-type
-activation clip c_k are learned with AdamW on Σ_k mean ‖X_k Wᵀ − x̃_k W̃ᵀ‖² (straight-through
-rounding). With one type there are no masks: that is the FlatQuant-style method.
+activation clip c_k are learned with AdamW on Σ_k ‖X_k Wᵀ − x̃_k W̃ᵀ‖² over all calibration
+tokens, relative to Σ_k ‖X_k Wᵀ‖² (straight-through rounding). With one type there are no
+masks: that is the FlatQuant-style method.
 
 The general variant adds, per type, a delta N_k = (I − Π_k) Z_k on the raw input, with Π_k the
 projector onto the subspace holding all but NULL_ENERGY of type k's energy. Any Z_k keeps
@@ -144,6 +145,13 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
         energy = torch.stack([learner.activations(x).double().pow(2).mean(0) for x in samples])
     masks = type_masks(energy, spec.dedicated_fraction).float()
     targets = [x @ weight.T for x in samples]
+    counts = torch.tensor([float(len(x)) for x in samples] if single_type else [float(s.count) for s in stats])
+    if spec.type_weighting == "tokens":  # Σ over all tokens of the squared error, relative to the target's
+        share = counts / counts.sum()
+        scale = float(sum(share[k] * targets[k].pow(2).mean() for k in range(num_types)))
+        weights_k = [float(share[k]) / scale for k in range(num_types)]
+    else:  # each type's relative error counts the same
+        weights_k = [1.0 / float(t.pow(2).mean()) for t in targets]
 
     def objective(batches: list[torch.Tensor]) -> torch.Tensor:
         w_q = fake_quantize(learner.folded_weight(), weight_spec, torch.sigmoid(learner.weight_clip))
@@ -155,7 +163,7 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
                 x = x + samples[k][idx] @ deltas[k]
             if act_spec is not None:
                 x = fake_quantize(x, act_spec, torch.sigmoid(learner.act_clip[k]))
-            loss = loss + (x @ w_q.T - targets[k][idx]).pow(2).mean() / targets[k][idx].pow(2).mean()
+            loss = loss + weights_k[k] * (x @ w_q.T - targets[k][idx]).pow(2).mean()
         return loss
 
     everything = [torch.arange(len(x)) for x in samples]

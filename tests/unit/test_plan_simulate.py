@@ -142,14 +142,15 @@ def test_the_plan_executes_what_freeact_learned():
 
     model = _model()
     record = calibrate(model, _windows(), TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
-    plan = build_plan(model, record, "freeact", "w4a4", progress=False, freeact=FreeActSpec(steps=20))
+    spec = FreeActSpec(steps=20, type_weighting="equal")  # the objective written out below
+    plan = build_plan(model, record, "freeact", "w4a4", progress=False, freeact=spec)
     runner = SimulatedLogits(model, plan)
     group = plan.groups[0]
     stats = record.stats[group.name]
     linears = [model.get_submodule(lin.name) for lin in group.linears]
     weight_spec, act_spec = bits_preset("w4a4", group.in_features)
     _, _, info = learn_freeact(group.name, stats, [lin.weight for lin in linears], weight_spec, act_spec,
-                               FreeActSpec(steps=20), False, 0)  # the planner's seed for group 0
+                               spec, False, 0)  # the planner's seed for group 0
     objective = 0.0
     for k, s in enumerate(stats):
         x = s.samples[None]
