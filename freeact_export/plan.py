@@ -2,7 +2,7 @@
 
 Per linear group (layers sharing one input x [.., d]) the plan states the activation path
 
-    x̃_k = Q_a( ((x / smooth) · T) ⊙ mask[k] + x · delta[k] ; clip[k] )      k = the token's type
+    x̃_k = Q_a( ((x / smooth) · T) ⊙ mask[k] ; clip[k] )      k = the token's type
 
 with T the online transform ("identity", "dense" matrix, "kronecker" T1 ⊗ T2, or "hadamard":
 diag(signs) · H_d), and for every consumer linear the integer codes and scales of its weight
@@ -25,7 +25,7 @@ from freeact_export.files import atomic_path
 PLAN_VERSION = 1
 TRANSFORM_KINDS = ("identity", "dense", "kronecker", "hadamard")
 # Tensor keys a group may hold (besides per-linear "w{i}.codes|scale|zero|bias"):
-GROUP_TENSORS = ("smooth", "matrix", "kron_1", "kron_2", "signs", "masks", "deltas", "clip")
+GROUP_TENSORS = ("smooth", "matrix", "kron_1", "kron_2", "signs", "masks", "clip")
 
 
 @dataclasses.dataclass
@@ -47,8 +47,7 @@ class GroupPlan:
         name / in_features: as in calibration.
         transform: one of TRANSFORM_KINDS (see the module docstring).
         tensors: "smooth" [d]; "matrix" [d, d] | "kron_1" [d1, d1] + "kron_2" [d2, d2] |
-            "signs" [d]; "masks" [K, d] (0/1, absent = all ones); "deltas" [K, d, d] (FreeAct's
-            general variant, on the raw input; absent = zero); "clip" [K] activation clip.
+            "signs" [d]; "masks" [K, d] (0/1, absent = all ones); "clip" [K] activation clip.
         linears: the consumers, in module order.
         weight_spec: their weights' quantizer (W4A16 uses groups of 128 only where d allows).
     """

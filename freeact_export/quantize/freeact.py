@@ -11,12 +11,6 @@ most exceeds the others'. P1, P2, s, the per-output-channel weight clip c_w and 
 activation clip c_k are learned with AdamW on Σ_k ‖X_k Wᵀ − x̃_k W̃ᵀ‖² over all calibration
 tokens, relative to Σ_k ‖X_k Wᵀ‖² (straight-through rounding). With one type there are no
 masks: that is the FlatQuant-style method.
-
-The general variant adds, per type, a delta N_k = (I − Π_k) Z_k on the raw input, with Π_k the
-projector onto the subspace holding all but NULL_ENERGY of type k's energy. Any Z_k keeps
-X_k N_k ≈ 0, so type k's output stays exact while its activation transform P + N_k (acting on
-directions type k never reaches) differs from the other types': Penrose's solution set, learned.
-A full-rank type gets no freedom (its complement is empty) and no delta.
 """
 
 from __future__ import annotations
@@ -33,7 +27,6 @@ from freeact_export.transforms.apply import kron_apply
 from freeact_export.transforms.hadamard import hadamard, hadamard_supported, random_orthogonal
 
 _CLIP_LOGIT_INIT = 5.0  # sigmoid(5) = 0.993: start from (almost) no clipping, as FlatQuant does
-NULL_ENERGY = 1e-6  # energy fraction a type may have outside its principal subspace
 
 
 def kron_dims(d: int) -> tuple[int, int]:
@@ -73,28 +66,10 @@ def type_masks(energy: torch.Tensor, fraction: float) -> torch.Tensor:
     return masks
 
 
-def null_complement(stats: TypeStats, energy: float = NULL_ENERGY) -> torch.Tensor | None:
-    """I − Π_k (float64 [d, d]) for the directions holding at most `energy` of the type's energy.
-
-    None when that complement is empty (a full-rank type: no freedom to learn).
-    """
-    values, vectors = torch.linalg.eigh(stats.second_moment / max(stats.count, 1))  # ascending
-    values = values.clamp(min=0)
-    tail = torch.cumsum(values, 0) <= energy * values.sum()
-    if not bool(tail.any()):
-        return None
-    minor = vectors[:, tail]
-    return minor @ minor.T
-
-
 class _Learner(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, smooth: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
-                 num_types: int, complements: list[torch.Tensor | None] | None = None):
+                 num_types: int):
         super().__init__()
-        self.complements = complements or [None] * num_types
-        d = weight.shape[1]
-        self.z = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(d, d)) for c in self.complements
-                                         if c is not None])
         self.register_buffer("weight", weight)
         self.p1 = torch.nn.Parameter(p1.float().clone())
         self.p2 = torch.nn.Parameter(p2.float().clone())
@@ -109,23 +84,17 @@ class _Learner(torch.nn.Module):
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         return kron_apply(x / self.log_smooth.exp(), self.p1, self.p2)
 
-    def deltas(self) -> list[torch.Tensor | None]:
-        params = iter(self.z)
-        return [None if c is None else c.float() @ next(params) for c in self.complements]
-
 
 def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.Tensor], weight_spec: QuantSpec,
-                  act_spec: QuantSpec | None, spec: FreeActSpec, single_type: bool, seed: int,
-                  general: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
+                  act_spec: QuantSpec | None, spec: FreeActSpec, single_type: bool,
+                  seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
     """Learn one group's transform.
 
     Args:
-        single_type: pool all types (FlatQuant-style): no masks, no deltas.
-        general: also learn per-type null-space deltas (FreeAct's general variant).
+        single_type: pool all types (FlatQuant-style): no masks.
 
     Returns:
-        tensors: plan tensors ("smooth", "kron_1", "kron_2", "clip" [K], "masks" [K, d] if K > 1,
-            "deltas" [K, d, d] with the general variant).
+        tensors: plan tensors ("smooth", "kron_1", "kron_2", "clip" [K], "masks" [K, d] if K > 1).
         weight_clip: learned per-output-channel clip [n, 1] for quantizing the folded weight.
         info: objective before and after learning.
     """
@@ -138,9 +107,7 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
     d = weight.shape[1]
     d1, d2 = kron_dims(d)
     smooth = smoothing_factors(stats, weights)
-    complements = [null_complement(s) for s in stats] if general and not single_type else None
-    learner = _Learner(weight, smooth, _init_factor(d1, spec, seed), _init_factor(d2, spec, seed + 1), num_types,
-                       complements)
+    learner = _Learner(weight, smooth, _init_factor(d1, spec, seed), _init_factor(d2, spec, seed + 1), num_types)
     with torch.no_grad():
         energy = torch.stack([learner.activations(x).double().pow(2).mean(0) for x in samples])
     masks = type_masks(energy, spec.dedicated_fraction).float()
@@ -155,12 +122,9 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
 
     def objective(batches: list[torch.Tensor]) -> torch.Tensor:
         w_q = fake_quantize(learner.folded_weight(), weight_spec, torch.sigmoid(learner.weight_clip))
-        deltas = learner.deltas()
         loss = torch.zeros(())
         for k, idx in enumerate(batches):
             x = learner.activations(samples[k][idx]) * masks[k]
-            if deltas[k] is not None:
-                x = x + samples[k][idx] @ deltas[k]
             if act_spec is not None:
                 x = fake_quantize(x, act_spec, torch.sigmoid(learner.act_clip[k]))
             loss = loss + weights_k[k] * (x @ w_q.T - targets[k][idx]).pow(2).mean()
@@ -186,12 +150,7 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
                    "kron_2": learner.p2.detach(), "clip": act_clip.detach().clone()}
         if num_types > 1:
             tensors["masks"] = masks
-        free_dims = []
-        if complements is not None:
-            tensors["deltas"] = torch.stack([torch.zeros(d, d) if delta is None else delta.detach()
-                                             for delta in learner.deltas()])
-            free_dims = [0 if c is None else int(round(float(torch.trace(c)))) for c in complements]
         weight_clip = torch.sigmoid(learner.weight_clip).detach().double()
     kept = masks.sum(dim=1).tolist()
     return tensors, weight_clip, {"group": group_name, "objective_before": before, "objective_after": after,
-                                  "kept_dims_per_type": kept, "free_dims_per_type": free_dims}
+                                  "kept_dims_per_type": kept}

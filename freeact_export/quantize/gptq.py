@@ -1,7 +1,7 @@
 """GPTQ (Frantar et al., 2022) for a folded weight, with the Hessian of the transformed activations.
 
 Composable with every transform: the plan's weight is W' = W diag(s) T⁻ᵀ and the activations it
-meets are x̃_k = x T_k (transforms.apply.type_matrices: smoothing, T, mask, delta), so the
+meets are x̃_k = x T_k (transforms.apply.type_matrices: smoothing, T, mask), so the
 Hessian is H = Σ_k T_kᵀ M_k T_k / N with M_k = Σ x xᵀ of type k from calibration. Columns
 are quantized in order, each one's rounding error spread over the columns not yet quantized
 through the Cholesky factor of H⁻¹.

@@ -14,7 +14,7 @@ from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
 from freeact_export.quantize.quantizers import quantize
 from freeact_export.transforms.apply import weight_side
 
-LEARNED = ("flatquant", "freeact", "freeact-general")
+LEARNED = ("flatquant", "freeact")
 TRANSFORMS = (*BASELINES, *LEARNED)
 # "<transform>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
 METHODS = (*TRANSFORMS, *(f"{t}+gptq" for t in TRANSFORMS))
@@ -68,7 +68,7 @@ def build_plan(model: torch.nn.Module, record: CalibrationRecord, method: str, b
         if base in LEARNED:
             kind = "kronecker"
             tensors, weight_clip, info = learn_freeact(group.name, stats, weights, weight_spec, act_spec, freeact,
-                                                       base == "flatquant", group_seed, base == "freeact-general")
+                                                       base == "flatquant", group_seed)
             learned.append(info)
         else:
             kind, tensors = baseline_transform(base, group.name, stats, weights, group_seed)

@@ -1,7 +1,7 @@
 """Explicit fake-quant modules that execute a Plan inside the PyTorch model.
 
 Each group's consumers are replaced by SimLinear modules sharing one ActivationPath, which
-computes x̃ = Q_a(((x / s) T) ⊙ mask[type] + x delta[type]; clip[type]) once per input tensor. Weights are the
+computes x̃ = Q_a(((x / s) T) ⊙ mask[type]; clip[type]) once per input tensor. Weights are the
 plan's codes times scales, so the simulation computes exactly what the integer kernels do up
 to float summation order.
 """
@@ -31,7 +31,6 @@ class ActivationPath(torch.nn.Module):
         self.kind = group.transform
         self.transform_tensors = {k: v for k, v in group.tensors.items() if k in ONLINE_KEYS}
         self.masks = group.tensors.get("masks")
-        self.deltas = group.tensors.get("deltas")
         self.clip = group.tensors["clip"]
         self.act_spec = act_spec
         self.context = context
@@ -44,11 +43,6 @@ class ActivationPath(torch.nn.Module):
         y = activation_side(x.float(), self.kind, self.transform_tensors)
         if self.masks is not None:
             y = y * self.masks.to(y.device)[types]
-        if self.deltas is not None:
-            for k in range(self.deltas.shape[0]):
-                selected = types == k
-                if selected.any():
-                    y[selected] += x.float()[selected] @ self.deltas[k].to(y.device)
         if self.act_spec is not None:
             y = fake_quantize(y, self.act_spec, clip=self.clip.to(y.device)[types][..., None])
         y = y.to(x.dtype)

@@ -61,15 +61,13 @@ ONLINE_KEYS = ("smooth", "matrix", "kron_1", "kron_2", "signs")
 def type_matrices(kind: str, tensors: dict[str, torch.Tensor], num_types: int, d: int) -> torch.Tensor:
     """Dense per-type activation matrices T_k [K, d, d] (float64) with x̃_k = x T_k.
 
-    T_k = diag(1/s) T diag(m_k) + N_k: smoothing, the shared transform, type k's mask and its
-    null-space delta (FreeAct's general variant), whichever the plan holds. For analysis
-    (Hessians, difficulty), not for the run-time path, which never forms these matrices.
+    T_k = diag(1/s) T diag(m_k): smoothing, the shared transform and type k's mask, whichever the
+    plan holds. For analysis (Hessians, difficulty), not for the run-time path, which never
+    forms these matrices.
     """
     online = {k: v.double() for k, v in tensors.items() if k in ONLINE_KEYS}
     shared = activation_side(torch.eye(d, dtype=torch.float64), kind, online)
     mats = shared.expand(num_types, d, d).clone()
     if "masks" in tensors:
         mats = mats * tensors["masks"].double()[:, None, :]
-    if "deltas" in tensors:
-        mats = mats + tensors["deltas"].double()
     return mats

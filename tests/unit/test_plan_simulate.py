@@ -111,17 +111,17 @@ def test_quantize_api_writes_plan_and_reports_simulated_perplexity(tmp_path, tin
     assert Plan.load(tmp_path / "q").method == "rtn"
 
 
-def test_simulated_freeact_general_path_matches_a_direct_formula():
-    """x̃ = Q(((x / s)(P1 ⊗ P2)) ⊙ m_k + x N_k; c_k) written out with dense matrices."""
+def test_simulated_freeact_path_matches_a_direct_formula():
+    """x̃ = Q(((x / s)(P1 ⊗ P2)) ⊙ m_k; c_k) written out with dense matrices."""
     from freeact_export.config import FreeActSpec
 
     model = _model()
     record = calibrate(model, _windows(), TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
-    plan = build_plan(model, record, "freeact-general", "w4a8", progress=False, freeact=FreeActSpec(steps=3))
+    plan = build_plan(model, record, "freeact", "w4a8", progress=False, freeact=FreeActSpec(steps=3))
     runner = SimulatedLogits(model, plan)
     group = plan.groups[0]
     t = {k: v.double() for k, v in group.tensors.items()}
-    assert "deltas" in t and "masks" in t
+    assert "masks" in t
     x = torch.randn(1, 6, group.in_features, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     types = torch.tensor([1, 1, 0, 0, 0, 1], dtype=torch.int32)
     runner.context.types = types
@@ -129,7 +129,7 @@ def test_simulated_freeact_general_path_matches_a_direct_formula():
     dense = torch.kron(t["kron_1"], t["kron_2"])
     rows = []
     for i, k in enumerate(types.tolist()):
-        y = (x[0, i] / t["smooth"]) @ dense * t["masks"][k] + x[0, i] @ t["deltas"][k]
+        y = (x[0, i] / t["smooth"]) @ dense * t["masks"][k]
         scale = y.abs().max() * t["clip"][k] / 127
         rows.append(torch.clamp(torch.round(y / scale), -128, 127) * scale)
     assert torch.allclose(got, torch.stack(rows), rtol=1e-3, atol=1e-3)
