@@ -258,7 +258,7 @@ def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: i
               "quantize_s": round(cal.calibration_s + plan_s, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
               "calibration": calib_spec, "type_token_counts": cal.type_token_counts(), "groups": len(plan.groups),
               "massive_activations": cal.massive,
-              "learning": plan.info.get("learning")}
+              "learning_spec": plan.info.get("freeact"), "learning": plan.info.get("learning")}
     if cal.eval_windows is not None:
         runner = SimulatedLogits(cal.torch_model, plan)
         report["eval"] = _perplexity_record(runner, cal.eval_windows, cal.corpus, cal.eval_spec, progress)
@@ -267,8 +267,8 @@ def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: i
 
 def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = "w4a4", types: str = "single",
              preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0, device: str = "auto",
-             eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None, overwrite: bool = False,
-             progress: bool = True) -> dict:
+             eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
+             freeact: FreeActSpec | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
 
     See calibrate_model and plan_model for the arguments; `seed` drives the method's random
@@ -281,7 +281,7 @@ def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = 
         check_new_output(out, overwrite)  # before the slow part
     cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
                           progress=progress)
-    plan, report = plan_model(cal, method, bits, seed, progress)
+    plan, report = plan_model(cal, method, bits, seed, progress, freeact)
     if out is not None:
         with atomic_path(out, overwrite) as tmp:
             tmp.mkdir()

@@ -177,6 +177,11 @@ def _add_quantize(sub) -> None:
     p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")
     p.add_argument("--calib-windows", type=int, metavar="N", help="calibration windows (overrides the preset)")
     p.add_argument("--calib-seqlen", type=int, metavar="T", help="calibration window length (overrides the preset)")
+    p.add_argument("--steps", type=int, metavar="N", help="FreeAct / FlatQuant learning steps per group (preset's)")
+    p.add_argument("--dedicated-fraction", type=float, metavar="F",
+                   help="FreeAct: dimensions dedicated to each type, as a fraction of d (default 1/32)")
+    p.add_argument("--type-weighting", choices=["tokens", "equal"],
+                   help="FreeAct objective: sum over tokens (default) or each type's error equally")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--windows", type=int, default=32, help="eval windows for the simulated perplexity (default: 32)")
@@ -191,7 +196,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
     import dataclasses
 
     from freeact_export import api
-    from freeact_export.config import CALIB_PRESETS, EvalSpec
+    from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, EvalSpec
 
     eval_spec = None if args.no_eval else _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     calib = None
@@ -199,8 +204,11 @@ def _run_quantize(args: argparse.Namespace) -> None:
         preset = CALIB_PRESETS[args.preset]
         calib = dataclasses.replace(preset, windows=args.calib_windows or preset.windows,
                                     seqlen=args.calib_seqlen or preset.seqlen)
+    learning = {k: v for k, v in (("steps", args.steps), ("dedicated_fraction", args.dedicated_fraction),
+                                  ("type_weighting", args.type_weighting)) if v is not None}
+    freeact = _spec(dataclasses.replace, FREEACT_PRESETS[args.preset], **learning) if learning else None
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
-                          seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib,
+                          seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
                           overwrite=args.overwrite)
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
     print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
@@ -218,9 +226,10 @@ def _run_quantize(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}/ (plan.json, plan.safetensors, report.json)")
 
 
-def _spec(cls, **fields):
+def _spec(factory, *args, **fields):
+    """Build a settings object; its validation errors become one-line user errors."""
     try:
-        return cls(**fields)
+        return factory(*args, **fields)
     except ValueError as err:
         raise UserError(str(err)) from None
 

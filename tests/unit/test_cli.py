@@ -141,3 +141,9 @@ def test_multimodal_folder_is_refused_clearly(capsys, tmp_path, tiny_text_file):
     capsys.readouterr()  # drop save_pretrained's progress output
     code, _, err = run_cli(capsys, "eval", "--model", str(folder), "--corpus", str(tiny_text_file))
     assert_one_line_error(code, err, f"cannot load a causal LM from {folder}")
+
+
+def test_bad_learning_settings_are_one_line(capsys, tiny_llama, tiny_text_file):
+    code, _, err = run_cli(capsys, "quantize", "--model", str(tiny_llama), "--corpus", str(tiny_text_file),
+                           "--method", "freeact", "--dedicated-fraction", "0.7")
+    assert_one_line_error(code, err, "dedicated_fraction must be in [0, 0.5)")
