@@ -25,7 +25,7 @@ from freeact_export.quantize.planner import METHODS
 
 
 def _table(results: dict, rows: list[str], bits: list[str], header: str) -> str:
-    lines = [header, "", "| method | " + " | ".join(b.upper() for b in bits) + " | quantize time | peak RSS |",
+    lines = [header, "", "| method | " + " | ".join(b.upper() for b in bits) + " | quantize time | peak RSS so far |",
              "|---|" + "---|" * (len(bits) + 2)]
     fp = results.get("fp")
     if fp:
@@ -94,7 +94,8 @@ def main() -> int:
     fp = results["fp"]
     header = (f"{args.model}, {args.corpus} eval split, {fp['windows']} windows x {fp['seqlen']} tokens, "
               f"{fp['dtype']}, {fp['device']}; calibration preset {args.preset}, token types {rules[0]}, "
-              f"seed {args.seed}; perplexity (lower is better); quantize time = calibration + planning")
+              f"seed {args.seed}; perplexity (lower is better); quantize time = calibration + planning of the "
+              f"first bit setting; peak RSS = the process's maximum up to that cell (it cannot be reset per cell)")
     # The table and plot cover every cell the JSON holds, so resumed and chained runs build one table.
     cells = [key for key in results if key != "fp"]
     all_bits = [b for b in BITS_PRESETS if any(key.endswith(f"/{b}") for key in cells)]
