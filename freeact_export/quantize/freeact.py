@@ -148,7 +148,7 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
             act_clip = act_clip.expand(len(stats))
         tensors = {"smooth": learner.log_smooth.exp().detach(), "kron_1": learner.p1.detach(),
                    "kron_2": learner.p2.detach(), "clip": act_clip.detach().clone()}
-        if num_types > 1:
+        if not bool((masks == 1).all()):  # all-ones masks (one type, or no dedicated dims) are not stored
             tensors["masks"] = masks
         weight_clip = torch.sigmoid(learner.weight_clip).detach().double()
     kept = masks.sum(dim=1).tolist()
