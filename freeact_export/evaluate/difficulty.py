@@ -4,8 +4,9 @@ Computed from calibration second moments, before and after a plan's transform: t
 norms of x̃_k = x T_k (transforms.apply.type_matrices) are sqrt(diag(T_kᵀ M_k T_k) / N_k). A flat
 profile means per-token quantization loses little to outlier channels. SmoothRot uses the std
 of the norms; we divide it by their mean (coefficient of variation) so that smoothing's mere
-rescaling of the activations does not count as progress, and take norms per token (RMS) so
-types with different token counts compare.
+rescaling of the activations does not count as progress, take norms per token (RMS) so types
+with different token counts compare, and leave out a type's masked dimensions (exact zeros,
+never quantized).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ def plan_difficulty(record: CalibrationRecord, plan: Plan) -> dict[str, dict[str
     for group in plan.groups:
         stats = record.stats[group.name]
         mats = type_matrices(group.transform, group.tensors, len(stats), group.in_features)
+        masks = group.tensors.get("masks")
         per_type = {}
         for k, s in enumerate(stats):
             before = _channel_rms(s.second_moment, s.count)
             after = _channel_rms(mats[k].T @ s.second_moment @ mats[k], s.count)
+            if masks is not None:  # masked dimensions are exact zeros, not quantized: leave them out
+                after = after[masks[k] > 0]
             per_type[names[k]] = (_spread(before), _spread(after))
         result[group.name] = per_type
     return result

@@ -34,3 +34,11 @@ def test_hadamard_flattens_an_outlier_channel_and_scaling_alone_does_not_count()
         "other"]
     assert rotated < 0.2 * before
     assert abs(scaled - before) < 1e-9
+
+
+def test_masked_dimensions_are_left_out():
+    x = torch.ones(100, 16, dtype=torch.float64)  # perfectly flat channel norms
+    masks = torch.ones(1, 16)
+    masks[0, :4] = 0
+    _, after = plan_difficulty(*_record_and_plan(x, "identity", {"masks": masks}))["g"]["other"]
+    assert after == 0.0  # the zeros of the mask would otherwise read as a spread of 0.58
