@@ -200,10 +200,11 @@ def _run_quantize(args: argparse.Namespace) -> None:
 
     eval_spec = None if args.no_eval else _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     calib = None
-    if args.calib_windows or args.calib_seqlen:
+    if args.calib_windows is not None or args.calib_seqlen is not None:
         preset = CALIB_PRESETS[args.preset]
-        calib = dataclasses.replace(preset, windows=args.calib_windows or preset.windows,
-                                    seqlen=args.calib_seqlen or preset.seqlen)
+        calib = _spec(dataclasses.replace, preset,
+                      windows=preset.windows if args.calib_windows is None else args.calib_windows,
+                      seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
     learning = {k: v for k, v in (("steps", args.steps), ("dedicated_fraction", args.dedicated_fraction),
                                   ("type_weighting", args.type_weighting)) if v is not None}
     freeact = _spec(dataclasses.replace, FREEACT_PRESETS[args.preset], **learning) if learning else None

@@ -145,6 +145,12 @@ class CalibSpec(_Versioned):
     min_tokens: int = 16
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.windows < 1 or self.seqlen < 2:
+            raise ValueError(f"calibration needs at least 1 window of 2 tokens (got {self.windows} x {self.seqlen})")
+        if self.samples_per_type < 0 or self.min_tokens < 1:
+            raise ValueError("samples_per_type must be >= 0 and min_tokens >= 1")
+
 
 # Calibration presets (EVAL.md): the CPU one says what it trades away in its name.
 CALIB_PRESETS = {

@@ -147,3 +147,9 @@ def test_bad_learning_settings_are_one_line(capsys, tiny_llama, tiny_text_file):
     code, _, err = run_cli(capsys, "quantize", "--model", str(tiny_llama), "--corpus", str(tiny_text_file),
                            "--method", "freeact", "--dedicated-fraction", "0.7")
     assert_one_line_error(code, err, "dedicated_fraction must be in [0, 0.5)")
+
+
+def test_bad_calibration_size_is_one_line(capsys, tiny_llama, tiny_text_file):
+    code, _, err = run_cli(capsys, "quantize", "--model", str(tiny_llama), "--corpus", str(tiny_text_file),
+                           "--calib-windows", "0")
+    assert_one_line_error(code, err, "calibration needs at least 1 window")
