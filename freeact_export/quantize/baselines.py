@@ -14,7 +14,7 @@ import torch
 
 from freeact_export.calibrate.stats import TypeStats
 from freeact_export.errors import UserError
-from freeact_export.transforms.hadamard import hadamard_supported
+from freeact_export.transforms.hadamard import hadamard_supported, random_signs
 
 SMOOTH_ALPHA = 0.5
 _SMOOTH_FLOOR = 1e-5
@@ -25,10 +25,6 @@ def smoothing_factors(stats: list[TypeStats], weights: list[torch.Tensor], alpha
     act = torch.stack([s.absmax for s in stats]).amax(dim=0).double().clamp(min=_SMOOTH_FLOOR)
     wmax = torch.cat([w.detach() for w in weights]).abs().amax(dim=0).double().clamp(min=_SMOOTH_FLOOR)
     return (act**alpha / wmax ** (1 - alpha)).clamp(min=_SMOOTH_FLOOR)
-
-
-def random_signs(d: int, seed: int) -> torch.Tensor:
-    return (torch.randint(0, 2, (d,), generator=torch.Generator().manual_seed(seed)) * 2 - 1).double()
 
 
 def _hadamard_signs(group_name: str, d: int, seed: int) -> torch.Tensor:

@@ -105,10 +105,9 @@ def apply_hadamard(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...ij,ik,jl->...kl", grid, a, b).reshape(x.shape) / math.sqrt(d)
 
 
-def random_hadamard(n: int, seed: int) -> torch.Tensor:
-    """diag(random ±1) · H / sqrt(n): QuaRot's randomised Hadamard, orthonormal, float64."""
-    signs = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    return signs.to(torch.float64)[:, None] * hadamard(n)
+def random_signs(n: int, seed: int) -> torch.Tensor:
+    """Seeded ±1 (float64 [n]): diag(signs) · H is QuaRot's randomised Hadamard, still orthonormal."""
+    return (torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed)) * 2 - 1).double()
 
 
 def random_orthogonal(n: int, seed: int) -> torch.Tensor:
