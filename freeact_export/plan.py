@@ -24,8 +24,10 @@ from freeact_export.files import atomic_path
 
 PLAN_VERSION = 1
 TRANSFORM_KINDS = ("identity", "dense", "kronecker", "hadamard")
-# Tensor keys a group may hold (besides per-linear "w{i}.codes|scale|zero|bias"):
-GROUP_TENSORS = ("smooth", "matrix", "kron_1", "kron_2", "signs", "masks", "clip")
+# Tensor keys of the online transform (smoothing and T), then every key a group may hold
+# (besides per-linear "w{i}.codes|scale|zero|bias").
+ONLINE_TENSORS = ("smooth", "matrix", "kron_1", "kron_2", "signs")
+GROUP_TENSORS = (*ONLINE_TENSORS, "masks", "clip")
 
 
 @dataclasses.dataclass

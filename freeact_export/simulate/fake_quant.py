@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from freeact_export.calibrate.stats import TypeContext
 from freeact_export.config import QuantSpec
 from freeact_export.module_surgery import swap_module
-from freeact_export.plan import GroupPlan, Plan
+from freeact_export.plan import ONLINE_TENSORS, GroupPlan, Plan
 from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize
 from freeact_export.token_types import TokenTypes
-from freeact_export.transforms.apply import ONLINE_KEYS, activation_side
+from freeact_export.transforms.apply import activation_side
 
 
 class ActivationPath(torch.nn.Module):
@@ -29,16 +29,22 @@ class ActivationPath(torch.nn.Module):
     def __init__(self, group: GroupPlan, act_spec: QuantSpec | None, context: TypeContext):
         super().__init__()
         self.kind = group.transform
-        self.transform_tensors = {k: v for k, v in group.tensors.items() if k in ONLINE_KEYS}
+        self.transform_tensors = {k: v for k, v in group.tensors.items() if k in ONLINE_TENSORS}
         self.masks = group.tensors.get("masks")
         self.clip = group.tensors["clip"]
         self.act_spec = act_spec
         self.context = context
+        self.consumers = len(group.linears)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._reads_left = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._last is not None and self._last[0] is x:  # q/k/v (gate/up) read the same tensor
-            return self._last[1]
+            y = self._last[1]
+            self._reads_left -= 1
+            if self._reads_left == 0:  # every consumer has it: hold no activation past the forward
+                self._last = None
+            return y
         types = self.context.types.to(x.device).reshape(x.shape[:-1]).long()
         y = activation_side(x.float(), self.kind, self.transform_tensors)
         if self.masks is not None:
@@ -46,7 +52,8 @@ class ActivationPath(torch.nn.Module):
         if self.act_spec is not None:
             y = fake_quantize(y, self.act_spec, clip=self.clip.to(y.device)[types][..., None])
         y = y.to(x.dtype)
-        self._last = (x, y)
+        self._reads_left = self.consumers - 1
+        self._last = (x, y) if self._reads_left > 0 else None
         return y
 
 

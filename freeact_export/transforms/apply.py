@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from freeact_export.plan import ONLINE_TENSORS
 from freeact_export.transforms.hadamard import apply_hadamard
 
 
@@ -55,9 +56,6 @@ def weight_side(w: torch.Tensor, kind: str, tensors: dict[str, torch.Tensor]) ->
     raise ValueError(f"unknown transform kind {kind}")
 
 
-ONLINE_KEYS = ("smooth", "matrix", "kron_1", "kron_2", "signs")
-
-
 def type_matrices(kind: str, tensors: dict[str, torch.Tensor], num_types: int, d: int) -> torch.Tensor:
     """Dense per-type activation matrices T_k [K, d, d] (float64) with x̃_k = x T_k.
 
@@ -65,7 +63,7 @@ def type_matrices(kind: str, tensors: dict[str, torch.Tensor], num_types: int, d
     plan holds. For analysis (Hessians, difficulty), not for the run-time path, which never
     forms these matrices.
     """
-    online = {k: v.double() for k, v in tensors.items() if k in ONLINE_KEYS}
+    online = {k: v.double() for k, v in tensors.items() if k in ONLINE_TENSORS}
     shared = activation_side(torch.eye(d, dtype=torch.float64), kind, online)
     mats = shared.expand(num_types, d, d).clone()
     if "masks" in tensors:
