@@ -5,16 +5,22 @@ For a group with weight W (its consumers stacked) and calibration samples X_k of
     x̃_k = Q_a( m_k ⊙ ((x / s) (P1 ⊗ P2)) ; c_k )      W̃ = Q_w( W diag(s) (P1 ⊗ P2)⁻ᵀ ; c_w )
 
 m_k keeps the shared block and type k's dedicated block and zeroes the other types' blocks;
-it is exact for a type-k token whose activations have no energy in those blocks. The blocks
-(r_k = d · dedicated_fraction per type) are the transformed dimensions where one type's energy
-most exceeds the others'. P1, P2, s, the per-output-channel weight clip c_w and the per-type
-activation clip c_k are learned with AdamW on Σ_k ‖X_k Wᵀ − x̃_k W̃ᵀ‖² over all calibration
-tokens, relative to Σ_k ‖X_k Wᵀ‖² (straight-through rounding). With one type there are no
-masks: that is the FlatQuant-style method.
+it is exact for a type-k token whose activations have no energy in those blocks. P1, P2, s, the
+per-output-channel weight clip c_w and the per-type activation clip c_k are learned with AdamW
+on Σ_k ‖X_k Wᵀ − x̃_k W̃ᵀ‖² over all calibration tokens, relative to Σ_k ‖X_k Wᵀ‖²
+(straight-through rounding). With one type there are no masks: that is the FlatQuant-style method.
+
+Masks chosen in the starting basis leak (a random or Hadamard basis spreads every type over
+every dimension), and zeroing leaked energy is pure error. So learning runs in two halves: the
+first without masks; then the dedicated blocks (at most r_k = d · dedicated_fraction per type)
+are taken in the learned basis, only where the other types keep less than `MAX_LEAK` of their
+mean energy per dimension; the second half runs both with and without these masks, and the
+lower final objective wins. The masks are kept only where they pay.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -27,6 +33,7 @@ from freeact_export.transforms.apply import kron_apply
 from freeact_export.transforms.hadamard import hadamard, hadamard_supported, random_orthogonal
 
 _CLIP_LOGIT_INIT = 5.0  # sigmoid(5) = 0.993: start from (almost) no clipping, as FlatQuant does
+MAX_LEAK = 0.05  # a dimension is dedicated to one type only where the others keep < 5 % of their mean energy
 
 
 def kron_dims(d: int) -> tuple[int, int]:
@@ -41,11 +48,13 @@ def _init_factor(n: int, spec: FreeActSpec, seed: int) -> torch.Tensor:
     return random_orthogonal(n, seed)
 
 
-def type_masks(energy: torch.Tensor, fraction: float) -> torch.Tensor:
+def type_masks(energy: torch.Tensor, fraction: float, max_leak: float = float("inf")) -> torch.Tensor:
     """0/1 masks [K, d] from per-type energy per transformed dimension [K, d].
 
-    Each type in turn takes, among unclaimed dimensions, the r = round(d · fraction) where its
-    energy most exceeds the others' (ratio to their sum); every other type zeroes those.
+    Each type in turn takes, among unclaimed dimensions, up to r = round(d · fraction) where its
+    energy most exceeds the others' (ratio to their sum), skipping any dimension where another
+    type has more than `max_leak` times its own mean energy per dimension; every other type
+    zeroes the dimensions taken.
     """
     num_types, d = energy.shape
     masks = torch.ones(num_types, d, dtype=torch.float64)
@@ -55,10 +64,12 @@ def type_masks(energy: torch.Tensor, fraction: float) -> torch.Tensor:
     share = energy / energy.sum(dim=1, keepdim=True).clamp(min=1e-30)  # types with few tokens count equally
     claimed = torch.zeros(d, dtype=torch.bool)
     for k in range(num_types):
-        others = share.sum(dim=0) - share[k]
-        ratio = share[k] / (others + 1e-12)
-        ratio[claimed] = -1.0
+        others = torch.cat([share[:k], share[k + 1:]])
+        ratio = share[k] / (others.sum(dim=0) + 1e-12)
+        leaky = (others * d > max_leak).any(dim=0)  # share · d = energy relative to the type's mean
+        ratio[claimed | leaky] = -1.0
         dims = torch.topk(ratio, r).indices
+        dims = dims[ratio[dims] >= 0]
         claimed[dims] = True
         for other in range(num_types):
             if other != k:
@@ -94,7 +105,7 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
         single_type: pool all types (FlatQuant-style): no masks.
 
     Returns:
-        tensors: plan tensors ("smooth", "kron_1", "kron_2", "clip" [K], "masks" [K, d] if K > 1).
+        tensors: plan tensors ("smooth", "kron_1", "kron_2", "clip" [K], and "masks" [K, d] where they paid).
         weight_clip: learned per-output-channel clip [n, 1] for quantizing the folded weight.
         info: objective before and after learning.
     """
@@ -108,9 +119,6 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
     d1, d2 = kron_dims(d)
     smooth = smoothing_factors(stats, weights)
     learner = _Learner(weight, smooth, _init_factor(d1, spec, seed), _init_factor(d2, spec, seed + 1), num_types)
-    with torch.no_grad():
-        energy = torch.stack([learner.activations(x).double().pow(2).mean(0) for x in samples])
-    masks = type_masks(energy, spec.dedicated_fraction).float()
     targets = [x @ weight.T for x in samples]
     counts = torch.tensor([float(len(x)) for x in samples] if single_type else [float(s.count) for s in stats])
     if spec.type_weighting == "tokens":  # Σ over all tokens of the squared error, relative to the target's
@@ -120,35 +128,54 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
     else:  # each type's relative error counts the same
         weights_k = [1.0 / float(t.pow(2).mean()) for t in targets]
 
-    def objective(batches: list[torch.Tensor]) -> torch.Tensor:
-        w_q = fake_quantize(learner.folded_weight(), weight_spec, torch.sigmoid(learner.weight_clip))
+    def objective(model: _Learner, masks: torch.Tensor, batches: list[torch.Tensor]) -> torch.Tensor:
+        w_q = fake_quantize(model.folded_weight(), weight_spec, torch.sigmoid(model.weight_clip))
         loss = torch.zeros(())
         for k, idx in enumerate(batches):
-            x = learner.activations(samples[k][idx]) * masks[k]
+            x = model.activations(samples[k][idx]) * masks[k]
             if act_spec is not None:
-                x = fake_quantize(x, act_spec, torch.sigmoid(learner.act_clip[k]))
+                x = fake_quantize(x, act_spec, torch.sigmoid(model.act_clip[k]))
             loss = loss + weights_k[k] * (x @ w_q.T - targets[k][idx]).pow(2).mean()
         return loss
 
+    def learn(model: _Learner, masks: torch.Tensor, steps: int, branch_gen: torch.Generator) -> float:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+        for _ in range(steps):
+            batches = [torch.randint(0, len(x), (min(spec.batch_tokens, len(x)),), generator=branch_gen)
+                       for x in samples]
+            optimizer.zero_grad()
+            objective(model, masks, batches).backward()
+            optimizer.step()
+            schedule.step()
+        with torch.no_grad():
+            return float(objective(model, masks, everything))
+
     everything = [torch.arange(len(x)) for x in samples]
+    no_masks = torch.ones(num_types, d)
     with torch.no_grad():
-        before = float(objective(everything))
-    optimizer = torch.optim.AdamW(learner.parameters(), lr=spec.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.steps)
-    for _ in range(spec.steps):
-        batches = [torch.randint(0, len(x), (min(spec.batch_tokens, len(x)),), generator=gen) for x in samples]
-        optimizer.zero_grad()
-        objective(batches).backward()
-        optimizer.step()
-        schedule.step()
+        before = float(objective(learner, no_masks, everything))
+    first = spec.steps // 2 if num_types > 1 and spec.dedicated_fraction > 0 else spec.steps
+    after = learn(learner, no_masks, first, gen)
+    masks = no_masks
+    if first < spec.steps:  # second half with and without masks chosen in the learned basis
+        with torch.no_grad():
+            energy = torch.stack([learner.activations(x).double().pow(2).mean(0) for x in samples])
+        candidate = type_masks(energy, spec.dedicated_fraction, MAX_LEAK).float()
+        masked = copy.deepcopy(learner)
+        branch_seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+        after = learn(learner, no_masks, spec.steps - first, torch.Generator().manual_seed(branch_seed))
+        if not bool((candidate == 1).all()):
+            after_masked = learn(masked, candidate, spec.steps - first, torch.Generator().manual_seed(branch_seed))
+            if after_masked < after:
+                learner, masks, after = masked, candidate, after_masked
     with torch.no_grad():
-        after = float(objective(everything))
         act_clip = torch.sigmoid(learner.act_clip)
         if single_type:
             act_clip = act_clip.expand(len(stats))
         tensors = {"smooth": learner.log_smooth.exp().detach(), "kron_1": learner.p1.detach(),
                    "kron_2": learner.p2.detach(), "clip": act_clip.detach().clone()}
-        if not bool((masks == 1).all()):  # all-ones masks (one type, or no dedicated dims) are not stored
+        if not bool((masks == 1).all()):  # all-ones masks (one type, or masks that did not pay) are not stored
             tensors["masks"] = masks
         weight_clip = torch.sigmoid(learner.weight_clip).detach().double()
     kept = masks.sum(dim=1).tolist()

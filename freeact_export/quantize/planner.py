@@ -8,6 +8,7 @@ from tqdm import tqdm
 from freeact_export.calibrate.run import CalibrationRecord
 from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, bits_preset
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
+from freeact_export.quantize.astro import astro_weight
 from freeact_export.quantize.baselines import BASELINES, baseline_transform
 from freeact_export.quantize.freeact import learn_freeact
 from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
@@ -16,21 +17,26 @@ from freeact_export.transforms.apply import weight_side
 
 LEARNED = ("flatquant", "freeact")
 TRANSFORMS = (*BASELINES, *LEARNED)
-# "<transform>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
-METHODS = (*TRANSFORMS, *(f"{t}+gptq" for t in TRANSFORMS))
+# "astro" reshapes the weights (no transform; weight-only), then rounds them to nearest.
+# "<method>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
+METHODS = (*TRANSFORMS, "astro", *(f"{t}+gptq" for t in (*TRANSFORMS, "astro")))
 
 
 def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
-                     clip: torch.Tensor | None = None, hessian: torch.Tensor | None = None) -> list[LinearPlan]:
+                     clip: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
+                     astro: torch.Tensor | None = None) -> list[LinearPlan]:
     """Fold the transform into each weight (float64) and quantize it; scales kept in float32.
 
     Args:
         clip: learned clipping per output channel of the stacked consumers [sum of out, 1].
         hessian: E[x̃ x̃ᵀ] of the transformed activations: quantize with GPTQ instead of RTN.
+        astro: E[x̃ x̃ᵀ] for Astro-style regularisation of each folded weight before quantizing.
     """
     plans, row = [], 0
     for name, linear in zip(names, linears, strict=True):
         folded = weight_side(linear.weight.detach(), kind, tensors)
+        if astro is not None:
+            folded = astro_weight(folded, astro, spec)
         rows = folded.shape[0]
         row_clip = None if clip is None else clip[row:row + rows]
         q = quantize(folded, spec, row_clip) if hessian is None else gptq_quantize(folded, hessian, spec, row_clip)
@@ -71,13 +77,15 @@ def build_plan(model: torch.nn.Module, record: CalibrationRecord, method: str, b
                                                        base == "flatquant", group_seed)
             learned.append(info)
         else:
-            kind, tensors = baseline_transform(base, group.name, stats, weights, group_seed)
+            kind, tensors = baseline_transform("rtn" if base == "astro" else base, group.name, stats, weights,
+                                               group_seed)
             tensors["clip"] = torch.ones(num_types)
         tensors = _stored(tensors)
-        hessian = transformed_hessian(stats, kind, tensors) if weight_method == "gptq" else None
+        hessian = transformed_hessian(stats, kind, tensors) if weight_method == "gptq" or base == "astro" else None
         groups.append(GroupPlan(group.name, group.in_features, kind, tensors,
                                 quantize_weights(group.linears, linears, kind, tensors, weight_spec, weight_clip,
-                                                 hessian), weight_spec))
+                                                 hessian if weight_method == "gptq" else None,
+                                                 hessian if base == "astro" else None), weight_spec))
     info = {"seed": seed}
     if learned:
         info.update(freeact=freeact.to_dict(), learning=learned)

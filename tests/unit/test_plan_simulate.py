@@ -118,10 +118,13 @@ def test_simulated_freeact_path_matches_a_direct_formula():
     model = _model()
     record = calibrate(model, _windows(), TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
     plan = build_plan(model, record, "freeact", "w4a8", progress=False, freeact=FreeActSpec(steps=3))
-    runner = SimulatedLogits(model, plan)
     group = plan.groups[0]
+    masks = torch.ones(2, group.in_features)
+    masks[0, :2] = 0.0  # the learner keeps masks only where they pay; here they are set by hand
+    masks[1, 5:7] = 0.0
+    group.tensors["masks"] = masks
+    runner = SimulatedLogits(model, plan)
     t = {k: v.double() for k, v in group.tensors.items()}
-    assert "masks" in t
     x = torch.randn(1, 6, group.in_features, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     types = torch.tensor([1, 1, 0, 0, 0, 1], dtype=torch.int32)
     runner.context.types = types
