@@ -27,18 +27,21 @@ STEPS = 150
 LR = 1e-2  # first step size, in units of each row's largest |weight| (cosine decay to 0)
 
 
-def expected_error(weight: torch.Tensor, original: torch.Tensor, hessian: torch.Tensor,
-                   spec: QuantSpec) -> torch.Tensor:
-    """L(W') above, relative to tr(W H Wᵀ) (differentiable in `weight`)."""
+def _rounding_noise(weight: torch.Tensor, hessian_diag: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Σ_i Σ_g Δ_ig² / 12 · Σ_{j∈g} H_jj (differentiable in `weight`)."""
     n, d = weight.shape
     group = spec.group_size if spec.granularity == "group" else d
     qmax = code_range(spec.bits, spec.symmetric)[1]
+    step = weight.reshape(n, d // group, group).abs().amax(dim=2) / qmax  # [n, groups]
+    return (step.pow(2) / 12 * hessian_diag.reshape(d // group, group).sum(dim=1)).sum()
+
+
+def expected_error(weight: torch.Tensor, original: torch.Tensor, hessian: torch.Tensor,
+                   spec: QuantSpec) -> torch.Tensor:
+    """L(W') above, relative to tr(W H Wᵀ)."""
     delta = weight - original
     keep = (delta @ hessian * delta).sum()
-    step = weight.reshape(n, d // group, group).abs().amax(dim=2) / qmax  # [n, groups]
-    energy = torch.diagonal(hessian).reshape(d // group, group).sum(dim=1)  # [groups]
-    noise = (step.pow(2) / 12 * energy).sum()
-    return (keep + noise) / (original @ hessian * original).sum()
+    return (keep + _rounding_noise(weight, torch.diagonal(hessian), spec)) / (original @ hessian * original).sum()
 
 
 def astro_weight(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec,
@@ -48,13 +51,18 @@ def astro_weight(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec,
         raise ValueError("Astro-style regularisation expects symmetric per-channel or per-group weights")
     original = weight.float()
     h = hessian.float()
+    h_diag = torch.diagonal(h)
+    norm = float((original @ h * original).sum())
     row_scale = original.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
     change = torch.zeros_like(original, requires_grad=True)  # W' = W + change · row_scale
     optimizer = torch.optim.Adam([change], lr=LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(steps):
         optimizer.zero_grad()
-        expected_error(original + change * row_scale, original, h, spec).backward()
+        current = original + change * row_scale
+        with torch.no_grad():  # the keep term's gradient 2 (W' − W) H, in one matmul instead of autograd's three
+            pull = 2 * (current - original) @ h
+        ((pull * current).sum() + _rounding_noise(current, h_diag, spec)).div(norm).backward()
         optimizer.step()
         schedule.step()
     with torch.no_grad():
