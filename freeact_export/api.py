@@ -34,7 +34,7 @@ from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
-from freeact_export.quantize.planner import METHODS, build_plan
+from freeact_export.quantize.planner import METHODS, build_plan, torch_weights
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
 from freeact_export.simulate.fake_quant import SimulatedLogits
@@ -247,7 +247,7 @@ def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: i
     _check_choice("bits", bits, BITS_PRESETS)
     start = time.perf_counter()
     freeact = FREEACT_PRESETS[cal.preset] if freeact is None else freeact
-    plan = build_plan(cal.torch_model, cal.record, method, bits, seed, progress, freeact)
+    plan = build_plan(torch_weights(cal.torch_model), cal.record, method, bits, seed, progress, freeact)
     plan_s = round(time.perf_counter() - start, 1)
     calib_spec = cal.record.spec.to_dict()
     plan.info.update({"model": cal.model, "corpus": cal.corpus.name, "preset": cal.preset, "calibration": calib_spec,

@@ -29,6 +29,11 @@ class LinearGroup:
     in_features: int
 
 
+def group_name(linears: list[str]) -> str:
+    """"a.b.q_proj+k_proj+v_proj": the first linear's name, then each sibling's last component."""
+    return linears[0] + "".join("+" + n.rpartition(".")[2] for n in linears[1:])
+
+
 class _InputProbe(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear, seen: list):
         super().__init__()
@@ -57,7 +62,5 @@ def find_linear_groups(model: torch.nn.Module, input_ids: torch.Tensor) -> list[
         by_input.setdefault(key if key else (name,), []).append(name)
     groups = []
     for names in by_input.values():
-        first = names[0]
-        suffix = "".join("+" + n.rpartition(".")[2] for n in names[1:])
-        groups.append(LinearGroup(first + suffix, tuple(names), linears[first].in_features))
+        groups.append(LinearGroup(group_name(names), tuple(names), linears[names[0]].in_features))
     return groups

@@ -61,11 +61,17 @@ def calibrate(model: torch.nn.Module, windows: np.ndarray, token_types: TokenTyp
                 ids = torch.from_numpy(row[None, :]).to(device)
                 context.types = token_types.assign(ids).reshape(-1).cpu()
                 model(input_ids=ids, use_cache=False)
-                massive.add_window(ids[0].cpu(), [rec.last_token_absmax for rec in recorders.values()])
+                massive.add_window(ids[0].cpu(), [rec.tap.last_token_absmax for rec in recorders.values()])
     finally:
         for group in groups:
             swap_module(model, group.linears[0], recorders[group.name].linear)
-    stats = {name: rec.stats for name, rec in recorders.items()}
+    stats = {name: rec.tap.stats for name, rec in recorders.items()}
+    return checked_record(token_types, groups, stats, spec, massive)
+
+
+def checked_record(token_types: TokenTypes, groups: list[LinearGroup], stats: dict[str, list[TypeStats]],
+                   spec: CalibSpec, massive: MassiveTokens) -> CalibrationRecord:
+    """The record, once every token type has enough calibration tokens (UserError naming it if not)."""
     first_stats = stats[groups[0].name]
     for k, name in enumerate(token_types.names):
         if first_stats[k].count < spec.min_tokens:

@@ -56,6 +56,27 @@ class TypeContext:
         self.types: torch.Tensor | None = None
 
 
+class StatsTap:
+    """Per-type statistics of one group input, fed one forward (one window) at a time.
+
+    Both frontends feed it the same way (PyTorch hooks, ONNX Runtime outputs), so the same
+    windows and seed give the same statistics and the same kept samples.
+    """
+
+    def __init__(self, d: int, num_types: int, keep_per_call: int, seed: int):
+        self.keep_per_call = keep_per_call
+        self.generator = torch.Generator().manual_seed(seed)
+        self.stats = [TypeStats.empty(d) for _ in range(num_types)]
+        self.last_token_absmax: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor, types: torch.Tensor) -> None:
+        """x [..., d] and its tokens' types (int32, x's leading shape flattened)."""
+        flat = x.detach().reshape(-1, x.shape[-1]).cpu().float()
+        self.last_token_absmax = flat.abs().amax(dim=-1)
+        for k, stats in enumerate(self.stats):
+            stats.add(flat[types == k], self.keep_per_call, self.generator)
+
+
 class GroupRecorder(torch.nn.Module):
     """Stands in for a group's first linear during calibration: records, then runs it."""
 
@@ -63,15 +84,8 @@ class GroupRecorder(torch.nn.Module):
         super().__init__()
         self.linear = linear
         self.context = context
-        self.keep_per_call = keep_per_call
-        self.generator = torch.Generator().manual_seed(seed)
-        self.stats = [TypeStats.empty(linear.in_features) for _ in range(context.num_types)]
-        self.last_token_absmax: torch.Tensor | None = None
+        self.tap = StatsTap(linear.in_features, context.num_types, keep_per_call, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.detach().reshape(-1, x.shape[-1]).cpu()
-        self.last_token_absmax = flat.abs().amax(dim=-1)
-        types = self.context.types
-        for k, stats in enumerate(self.stats):
-            stats.add(flat[types == k], self.keep_per_call, self.generator)
+        self.tap.add(x, self.context.types)
         return self.linear(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm import tqdm
 
@@ -22,6 +24,19 @@ TRANSFORMS = (*BASELINES, *LEARNED)
 METHODS = (*TRANSFORMS, "astro", *(f"{t}+gptq" for t in (*TRANSFORMS, "astro")))
 
 
+# A linear's (weight [out, in], bias [out] or None) by name: where the planner reads weights, so
+# the PyTorch and ONNX frontends feed it the same way.
+WeightSource = Callable[[str], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def torch_weights(model: torch.nn.Module) -> WeightSource:
+    def read(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        linear = model.get_submodule(name)
+        return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+
+    return read
+
+
 def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
                      clip: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
                      astro: torch.Tensor | None = None) -> list[LinearPlan]:
@@ -33,15 +48,15 @@ def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
         astro: E[x̃ x̃ᵀ] for Astro-style regularisation of each folded weight before quantizing.
     """
     plans, row = [], 0
-    for name, linear in zip(names, linears, strict=True):
-        folded = weight_side(linear.weight.detach(), kind, tensors)
+    for name, (weight, bias) in zip(names, linears, strict=True):
+        folded = weight_side(weight, kind, tensors)
         if astro is not None:
             folded = astro_weight(folded, astro, spec)
         rows = folded.shape[0]
         row_clip = None if clip is None else clip[row:row + rows]
         q = quantize(folded, spec, row_clip) if hessian is None else gptq_quantize(folded, hessian, spec, row_clip)
         row += rows
-        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        bias = None if bias is None else bias.float().clone()
         plans.append(LinearPlan(name, q.codes, q.scale.float(), q.zero, bias))
     return plans
 
@@ -51,7 +66,7 @@ def _stored(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() for k, v in tensors.items()}
 
 
-def build_plan(model: torch.nn.Module, record: CalibrationRecord, method: str, bits: str, seed: int = 0,
+def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bits: str, seed: int = 0,
                progress: bool = True, freeact: FreeActSpec | None = None) -> Plan:
     """Compute every group's transform and quantized weights with `method`.
 
@@ -65,19 +80,19 @@ def build_plan(model: torch.nn.Module, record: CalibrationRecord, method: str, b
     freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
     groups, act_spec, learned = [], None, []
     for index, group in enumerate(tqdm(record.groups, desc=f"plan ({method})", unit="group", disable=not progress)):
-        linears = [model.get_submodule(name) for name in group.linears]
-        weights = [lin.weight for lin in linears]
+        linears = [weights(name) for name in group.linears]
+        group_weights = [w for w, _ in linears]
         weight_spec, act_spec = bits_preset(bits, group.in_features)
         group_seed = seed * 1_000_003 + index
         weight_clip = None
         stats = record.stats[group.name]
         if base in LEARNED:
             kind = "kronecker"
-            tensors, weight_clip, info = learn_freeact(group.name, stats, weights, weight_spec, act_spec, freeact,
+            tensors, weight_clip, info = learn_freeact(group.name, stats, group_weights, weight_spec, act_spec, freeact,
                                                        base == "flatquant", group_seed)
             learned.append(info)
         else:
-            kind, tensors = baseline_transform("rtn" if base == "astro" else base, group.name, stats, weights,
+            kind, tensors = baseline_transform("rtn" if base == "astro" else base, group.name, stats, group_weights,
                                                group_seed)
             tensors["clip"] = torch.ones(num_types)
         tensors = _stored(tensors)

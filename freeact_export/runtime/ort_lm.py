@@ -9,8 +9,8 @@ import onnxruntime as ort
 import torch
 
 from freeact_export.errors import UserError
+from freeact_export.onnx_in.feeds import PrefillFeeds
 
-_ONNX_TO_NUMPY = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _ONNX_FLOAT_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16",
                      "tensor(bfloat16)": "bfloat16", "tensor(double)": "float64"}
 
@@ -40,8 +40,7 @@ def providers_for(device: str) -> list[str]:
 class OrtLogits:
     """Runs an exported decoder LM: input_ids (+ attention_mask) in, logits out.
 
-    Graphs with KV-cache inputs are taken by the ONNX frontend of a later stage; here any
-    input other than input_ids / attention_mask / position_ids is refused by name.
+    Graphs with KV-cache inputs run as a prefill from an empty cache (onnx_in.feeds).
     """
 
     runtime = "onnxruntime"
@@ -56,23 +55,11 @@ class OrtLogits:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(f"ONNX Runtime cannot load {path}: {first}") from None
         self.device = device
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        unsupported = sorted(set(inputs) - {"input_ids", "attention_mask", "position_ids"})
-        if "input_ids" not in inputs or unsupported:
-            raise UserError(f"{path} takes inputs {sorted(inputs)}; evaluation needs input_ids and "
-                            "at most attention_mask / position_ids")
-        self.input_types = {name: _ONNX_TO_NUMPY.get(i.type, np.int64) for name, i in inputs.items()}
+        self.feeds = PrefillFeeds(self.session.get_inputs(), str(path))
         outputs = self.session.get_outputs()
         self.output = next((o for o in outputs if o.name == "logits"), outputs[0])
         self.dtype = _ONNX_FLOAT_NAMES.get(self.output.type, self.output.type)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> torch.Tensor:
-        batch, length = input_ids.shape
-        if attention_mask is None:
-            attention_mask = np.ones((batch, length), dtype=np.int64)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "position_ids": np.broadcast_to(np.arange(length), (batch, length))}
-        feeds = {name: np.ascontiguousarray(feeds[name], dtype=dtype)
-                 for name, dtype in self.input_types.items()}
-        (logits,) = self.session.run([self.output.name], feeds)
+        (logits,) = self.session.run([self.output.name], self.feeds(input_ids, attention_mask))
         return torch.from_numpy(logits).float()

@@ -10,7 +10,7 @@ from freeact_export.calibrate.run import calibrate, calibration_windows
 from freeact_export.config import CalibSpec, EvalSpec
 from freeact_export.errors import UserError
 from freeact_export.plan import Plan
-from freeact_export.quantize.planner import build_plan
+from freeact_export.quantize.planner import build_plan, torch_weights
 from freeact_export.simulate.fake_quant import SimulatedLogits
 from freeact_export.token_types import TokenTypes
 from freeact_export.transforms.hadamard import hadamard
@@ -62,8 +62,8 @@ def test_a_type_with_too_few_tokens_is_named():
 
 def test_plan_save_load_is_lossless(tmp_path):
     model = _model("qwen2")  # q/k/v biases travel too
-    plan = build_plan(model, calibrate(model, _windows(), TokenTypes(), SPEC, progress=False), "smoothrot", "w4a8",
-                      progress=False)
+    record = calibrate(model, _windows(), TokenTypes(), SPEC, progress=False)
+    plan = build_plan(torch_weights(model), record, "smoothrot", "w4a8", progress=False)
     plan.save(tmp_path / "plan")
     loaded = Plan.load(tmp_path / "plan")
     assert (loaded.method, loaded.bits, loaded.act_spec, loaded.token_types) == (
@@ -81,8 +81,8 @@ def test_plan_save_load_is_lossless(tmp_path):
 def test_simulated_quarot_linear_matches_a_numpy_reference():
     """x → x·diag(signs)·H (dense) → INT8 per token → times dequantized codes, written out in numpy."""
     model = _model()
-    plan = build_plan(model, calibrate(model, _windows(), TokenTypes(), SPEC, progress=False), "quarot", "w4a8",
-                      progress=False)
+    record = calibrate(model, _windows(), TokenTypes(), SPEC, progress=False)
+    plan = build_plan(torch_weights(model), record, "quarot", "w4a8", progress=False)
     runner = SimulatedLogits(model, plan)
     group = plan.groups[0]
     sim = runner.model.get_submodule(group.linears[1].name)  # k_proj
@@ -117,7 +117,7 @@ def test_simulated_freeact_path_matches_a_direct_formula():
 
     model = _model()
     record = calibrate(model, _windows(), TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
-    plan = build_plan(model, record, "freeact", "w4a8", progress=False, freeact=FreeActSpec(steps=3))
+    plan = build_plan(torch_weights(model), record, "freeact", "w4a8", progress=False, freeact=FreeActSpec(steps=3))
     group = plan.groups[0]
     masks = torch.ones(2, group.in_features)
     masks[0, :2] = 0.0  # the learner keeps masks only where they pay; here they are set by hand
@@ -146,7 +146,7 @@ def test_the_plan_executes_what_freeact_learned():
     model = _model()
     record = calibrate(model, _windows(), TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
     spec = FreeActSpec(steps=20, type_weighting="equal")  # the objective written out below
-    plan = build_plan(model, record, "freeact", "w4a4", progress=False, freeact=spec)
+    plan = build_plan(torch_weights(model), record, "freeact", "w4a4", progress=False, freeact=spec)
     runner = SimulatedLogits(model, plan)
     group = plan.groups[0]
     stats = record.stats[group.name]
