@@ -78,14 +78,19 @@ def _activation_path(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict
     codes = op("Clip", [op("Round", [op("Div", [y, scale], dtype=np.float32)], dtype=np.float32),
                         _f32_const(op, np.array(-qmax - 1.0)), _f32_const(op, np.array(float(qmax)))],
                dtype=np.float32)
+    codes.name, scale.name = f"{op.prefix}/codes", f"{op.prefix}/scale"  # found by name in parity checks
     return codes, scale
 
 
-def _dequantized_weight(op: _Builder, codes: torch.Tensor, wt: dict, int4_inits: list[onnx.TensorProto]) -> gs.Variable:
+def weight_name(group: int, linear: int, portable: bool) -> str:
+    """Initializer of a linear's INT4 weight: packed int8 [n, d/2] (plugin) or INT4 [d, n] (portable)."""
+    return f"freeact/g{group}/l{linear}/" + ("weight_int4" if portable else "weight")
+
+
+def _dequantized_weight(op: _Builder, name: str, codes: torch.Tensor, wt: dict,
+                        int4_inits: list[onnx.TensorProto]) -> gs.Variable:
     """DequantizeLinear of the INT4 weight stored [d, n] (input-major, so MatMul needs no transpose)."""
     n, d = codes.shape
-    name = f"{op.prefix}/weight_int4_{op.count}"
-    op.count += 1
     packed = pack_int4(codes.T.contiguous().reshape(-1)).numpy()  # ONNX INT4: row-major, low nibble first
     int4_inits.append(onnx.helper.make_tensor(name, TensorProto.INT4, [d, n], packed.tobytes(), raw=True))
     weight = gs.Variable(name, np.int8, [d, n])  # its initializer is added after export (gs has no INT4)
@@ -124,22 +129,23 @@ def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
             codes, scale = _activation_path(op, x, group_types, act, bits, d)
         else:
             codes, scale = _plugin_quantize(op, x, group_types, act, bits, group)
-        for lin, member in zip(group.linears, members, strict=True):
+        for j, (lin, member) in enumerate(zip(group.linears, members, strict=True)):
             wt = weight_tensors(lin, group)
             before += int(np.prod(tensors[member.weight].shape)) * tensors[member.weight].values.itemsize
             after += wt["weight"].nbytes + wt["weight_scale"].nbytes + wt["bias"].nbytes
             layers += 1
             if portable or bits is None:
-                y = op("MatMul", [codes, _dequantized_weight(op, lin.codes, wt, int4_inits)], dtype=np.float32)
+                weight = _dequantized_weight(op, weight_name(index, j, True), lin.codes, wt, int4_inits)
+                y = op("MatMul", [codes, weight], dtype=np.float32)
                 if scale is not None:
                     y = op("Mul", [y, scale], dtype=np.float32)
                 if lin.bias is not None:
                     y = op("Add", [y, _f32_const(op, wt["bias"])], dtype=np.float32)
             else:
                 node = schema.make_node("Int4MatMul", ["codes", "scale", "weight", "weight_scale", "bias"], ["y"],
-                                        f"{op.prefix}/{member.node}/Int4MatMul", act_bits=bits,
+                                        f"{op.prefix}/l{j}/Int4MatMul", act_bits=bits,
                                         group_size=int(wt["group_size"]))
-                y = _schema_layer(op, node, [codes, scale, gs.Constant(f"{node.name}/weight", wt["weight"]),
+                y = _schema_layer(op, node, [codes, scale, gs.Constant(weight_name(index, j, False), wt["weight"]),
                                              _f32_const(op, wt["weight_scale"]), _f32_const(op, wt["bias"])],
                                   [np.float32])[0]
             out = tensors[member.output]
@@ -163,6 +169,7 @@ def _plugin_quantize(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict
                             kronecker=int(act["kronecker"]))
     consts = [_f32_const(op, act[k]) for k in ("smooth", "kron_1", "kron_2", "masks", "clip")]
     codes, scale = _schema_layer(op, node, [x, types, *consts], [np.int8, np.float32])
+    codes.name, scale.name = f"{op.prefix}/codes", f"{op.prefix}/scale"  # as in the portable graph
     return codes, scale
 
 

@@ -45,9 +45,9 @@ class OrtLogits:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu"):
+    def __init__(self, path: Path, device: str = "cpu", options: ort.SessionOptions | None = None):
         try:
-            self.session = ort.InferenceSession(str(path), exact_session_options(),
+            self.session = ort.InferenceSession(str(path), options or exact_session_options(),
                                                 providers=providers_for(device))
         except UserError:
             raise

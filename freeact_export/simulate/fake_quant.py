@@ -18,7 +18,7 @@ from freeact_export.calibrate.stats import TypeContext
 from freeact_export.config import QuantSpec
 from freeact_export.module_surgery import swap_module
 from freeact_export.plan import ONLINE_TENSORS, GroupPlan, Plan
-from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize
+from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize, quantize
 from freeact_export.token_types import TokenTypes
 from freeact_export.transforms.apply import activation_side
 
@@ -37,6 +37,7 @@ class ActivationPath(torch.nn.Module):
         self.consumers = len(group.linears)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reads_left = 0
+        self.recorded: list[Quantized] | None = None  # set to a list to keep the integer activations (parity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._last is not None and self._last[0] is x:  # q/k/v (gate/up) read the same tensor
@@ -50,7 +51,10 @@ class ActivationPath(torch.nn.Module):
         if self.masks is not None:
             y = y * self.masks.to(y.device)[types]
         if self.act_spec is not None:
-            y = fake_quantize(y, self.act_spec, clip=self.clip.to(y.device)[types][..., None])
+            clip = self.clip.to(y.device)[types][..., None]
+            if self.recorded is not None:
+                self.recorded.append(quantize(y.detach(), self.act_spec, clip))
+            y = fake_quantize(y, self.act_spec, clip=clip)
         y = y.to(x.dtype)
         self._reads_left = self.consumers - 1
         self._last = (x, y) if self._reads_left > 0 else None
@@ -92,6 +96,8 @@ class SimulatedLogits:
         self.token_types = TokenTypes.parse(plan.token_types)
         self.context = TypeContext(self.token_types.num_types)
         self.model = apply_plan(model, plan, self.context).eval()
+        # One ActivationPath per group, in plan order (named_modules lists each shared path once).
+        self.paths = [m for _, m in self.model.named_modules() if isinstance(m, ActivationPath)]
         self.device = next(self.model.parameters()).device
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
 

@@ -1,0 +1,118 @@
+"""`freeact-export MODEL.onnx`: calibrate an ONNX LM, plan, rewrite, lower, measure — one folder out.
+
+The output folder holds everything later stages need and nothing they must guess:
+  plugin.onnx     FreeActQuantize + Int4MatMul (what TensorRT parses)
+  portable.onnx   the same plan in standard ONNX ops (what ONNX Runtime runs anywhere)
+  plan/           the plan (plan.json + plan.safetensors)
+  tokenizer + config files copied from the input folder, source.json (the input's export.json)
+  report.json     settings, timings, layer counts, weight bytes before/after, perplexities
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import onnx
+
+from freeact_export.assets import resolve_corpus, resolve_model
+from freeact_export.calibrate.run import calibration_windows
+from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, FreeActSpec
+from freeact_export.errors import UserError
+from freeact_export.evaluate.perplexity import bos_context_id
+from freeact_export.files import atomic_path, check_new_output
+from freeact_export.models import load_tokenizer
+from freeact_export.onnx_in.calibrate import calibrate_onnx
+from freeact_export.onnx_in.graph import load_onnx
+from freeact_export.plan import Plan
+from freeact_export.quantize.planner import build_plan
+from freeact_export.rewrite.graphs import rewrite
+from freeact_export.token_types import TokenTypes
+
+PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR = "plugin.onnx", "portable.onnx", "plan"
+_EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+_COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
+           "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Write a graph, its weights in `<name>.data` beside it when protobuf's 2 GB limit is near."""
+    if model.ByteSize() > _EXTERNAL_DATA_THRESHOLD_BYTES:
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+        onnx.checker.check_model(str(path))
+        return [path.name, path.name + ".data"]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return [path.name]
+
+
+def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method: str = "freeact",
+                 bits: str = "w4a4", types: str = "single", preset: str = "cpu", seed: int = 0,
+                 calib: CalibSpec | None = None, freeact: FreeActSpec | None = None, tokenizer: str | None = None,
+                 device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
+    """Calibrate with ONNX Runtime, plan, write the plugin and portable graphs; return the report."""
+    source = resolve_model(model)
+    if source.kind != "onnx":
+        raise UserError(f"{model} is not an ONNX model; export it first ('freeact-export export --model {model} "
+                        "-o DIR') or quantize the PyTorch model with 'freeact-export quantize'")
+    out = Path(output)
+    check_new_output(out, overwrite)
+    try:
+        token_types = TokenTypes.parse(types)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    onnx_model = load_onnx(source.path)
+    tok = load_tokenizer(source, tokenizer)
+    text = resolve_corpus(corpus)
+    calib_spec = CALIB_PRESETS[preset] if calib is None else calib
+    calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
+    windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
+    start = time.perf_counter()
+    record = calibrate_onnx(onnx_model, windows, token_types, calib_spec, device, progress)
+    calibration_s = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    learning = FREEACT_PRESETS[preset] if freeact is None else freeact
+    plan = build_plan(onnx_model.weights, record, method, bits, seed, progress, learning)
+    plan_s = round(time.perf_counter() - start, 1)
+    counts = {name: record.stats[record.groups[0].name][k].count for k, name in enumerate(token_types.names)}
+    plan.info.update({"model": model, "corpus": text.name, "preset": preset, "calibration": calib_spec.to_dict(),
+                      "type_token_counts": counts, "frontend": "onnxruntime"})
+    report = {"kind": "rewrite", "model": model, "model_path": str(source.path), "method": method, "bits": bits,
+              "types": token_types.to_text(), "preset": preset, "seed": seed, "corpus": text.name,
+              "calibration": calib_spec.to_dict(), "type_token_counts": counts,
+              "calibration_s": calibration_s, "plan_s": plan_s, "groups": len(plan.groups),
+              "massive_activations": record.massive.summary(tok),
+              "left_in_float": onnx_model.skipped, "learning": plan.info.get("learning")}
+    with atomic_path(out, overwrite) as tmp:
+        tmp.mkdir()
+        (tmp / PLAN_DIR).mkdir()
+        plan.write_into(tmp / PLAN_DIR)
+        start = time.perf_counter()
+        files = {}
+        for name, portable in ((PLUGIN_GRAPH, False), (PORTABLE_GRAPH, True)):
+            rewritten = rewrite(onnx_model, plan, portable)
+            files[name] = save_graph(rewritten.model, tmp / name)
+            del rewritten.model
+        report.update(rewrite_s=round(time.perf_counter() - start, 1), files=files,
+                      quantized_layers=rewritten.layers, weight_bytes_before=rewritten.weight_bytes_before,
+                      weight_bytes_after=rewritten.weight_bytes_after)
+        for name in _COPIED:
+            if source.tokenizer_dir is not None and (source.tokenizer_dir / name).is_file():
+                shutil.copy2(source.tokenizer_dir / name, tmp / name)
+        export_json = source.path.parent / "export.json"
+        if export_json.is_file():
+            shutil.copy2(export_json, tmp / "source.json")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def load_rewritten(folder: str | Path) -> tuple[Path, Plan, dict]:
+    """(folder, plan, report) of a folder this job wrote; UserError naming what is missing."""
+    path = Path(folder)
+    missing = [n for n in (PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR, "report.json") if not (path / n).exists()]
+    if missing:
+        raise UserError(f"{folder} is not a folder written by 'freeact-export MODEL.onnx' (missing: "
+                        f"{', '.join(missing)})")
+    return path, Plan.load(path / PLAN_DIR), json.loads((path / "report.json").read_text())

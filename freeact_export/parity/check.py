@@ -1,0 +1,262 @@
+"""`freeact-export check DIR`: three-way parity of a rewritten model, with Polygraphy.
+
+Runners, on the same saved inputs (sample texts, a padded batch, and an eval-corpus window):
+  simulation  the plan executed by fake quantization in PyTorch (needs the source PyTorch model,
+              named in source.json; skipped with the reason where it is not available)
+  plugin      plugin.onnx in ONNX Runtime, FreeActQuantize / Int4MatMul by the NumPy reference ops
+  portable    portable.onnx in ONNX Runtime, standard ops only
+
+What must hold:
+  weights     the INT4 codes in both graphs are the plan's, exactly;
+  activations every group's integer activation codes agree between runners. The three compute
+              the transform in float32 in different orders, so a value within a rounding step
+              of a half-integer may land on the neighbouring code: mismatches must be ±1 and
+              rarer than CODE_MISMATCH_LIMIT; the first group beyond that is named;
+  logits      compared with Polygraphy's Comparator (absolute tolerance LOGITS_ATOL) and by
+              SQNR ≥ LOGITS_MIN_SQNR_DB;
+  perplexity  the portable graph's (ONNX Runtime) within 0.5 % of the simulation's (EVAL.md).
+Inputs and every runner's outputs are saved with Polygraphy under DIR/check/.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
+from polygraphy.comparator import Comparator, CompareFunc, RunResults
+from polygraphy.comparator.struct import IterationResult
+from polygraphy.json import save_json
+from polygraphy.logger import G_LOGGER
+
+from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
+from freeact_export.config import EvalSpec
+from freeact_export.errors import UserError
+from freeact_export.evaluate.perplexity import bos_context_id, eval_windows, perplexity
+from freeact_export.models import load_tokenizer, load_torch_model
+from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten
+from freeact_export.ops.reference import session_options, unpack_int4
+from freeact_export.parity.logits import sample_batches
+from freeact_export.plan import Plan
+from freeact_export.rewrite.graphs import weight_name
+from freeact_export.runtime.ort_lm import OrtLogits, exact_session_options
+from freeact_export.simulate.fake_quant import SimulatedLogits
+
+# Two fp32 pipelines that differ only in summation order agree to ~1e-6 of |logit|; a flipped
+# INT4 activation code moves that activation by a whole step (amax/7) and ripples on, so real
+# models are held to SQNR and a loose absolute bound rather than float epsilon.
+LOGITS_MIN_SQNR_DB = 30.0
+LOGITS_ATOL = 1.0
+CODE_MISMATCH_LIMIT = 1e-3  # fraction of codes per group
+PERPLEXITY_RTOL = 0.005
+CHECK_DIR = "check"
+CORPUS_WINDOW = 256
+
+
+def codes_name(index: int) -> str:
+    """The tensor holding group `index`'s activation codes in both graphs (packed in the plugin one)."""
+    return f"freeact/g{index}/codes"
+
+
+class SimulationRunner(BaseRunner):
+    """Polygraphy runner around the PyTorch fake-quant simulation; also returns each group's codes."""
+
+    def __init__(self, simulated: SimulatedLogits, name: str = "simulation"):
+        super().__init__(name=name, prefix="simulation")
+        self.simulated = simulated
+
+    def get_input_metadata_impl(self):
+        from polygraphy.common import TensorMetadata
+
+        return TensorMetadata().add("input_ids", np.int64, (-1, -1)).add("attention_mask", np.int64, (-1, -1))
+
+    def activate_impl(self):
+        pass
+
+    def deactivate_impl(self):
+        pass
+
+    def infer_impl(self, feed_dict):
+        for path in self.simulated.paths:
+            path.recorded = []
+        ids = feed_dict["input_ids"]
+        start = time.perf_counter()
+        logits = self.simulated(ids, feed_dict.get("attention_mask"))
+        self.inference_time = time.perf_counter() - start
+        outputs = collections.OrderedDict(logits=logits.numpy())
+        for index, path in enumerate(self.simulated.paths):
+            if path.recorded:
+                outputs[codes_name(index)] = path.recorded[0].codes.reshape(*ids.shape, -1).float().numpy()
+            path.recorded = None
+        return outputs
+
+
+def _tapped_session(path: Path, options: ort.SessionOptions, extra: list[str]):
+    """A loader (for OnnxrtRunner) of the graph with `extra` tensors added as outputs."""
+    def load() -> ort.InferenceSession:
+        model = onnx.load(str(path))
+        names = {o.name for o in model.graph.output}
+        for name in extra:
+            if name not in names:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return load
+
+
+def plugin_session_options() -> ort.SessionOptions:
+    """Reference custom ops registered, and exact DequantizeLinear + MatMul (see exact_session_options)."""
+    options = session_options()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _check_weights(folder: Path, plan: Plan) -> dict:
+    """Every INT4 weight initializer of both graphs against the plan's codes."""
+    result = {}
+    for graph_name, portable in ((PLUGIN_GRAPH, False), (PORTABLE_GRAPH, True)):
+        model = onnx.load(str(folder / graph_name))
+        inits = {i.name: i for i in model.graph.initializer}
+        checked = different = 0
+        for g, group in enumerate(plan.groups):
+            for j, lin in enumerate(group.linears):
+                name = weight_name(g, j, portable)
+                if name not in inits:  # W4A16 plugin graphs hold the portable form
+                    name = weight_name(g, j, True)
+                stored = onnx.numpy_helper.to_array(inits[name])
+                codes = stored.astype(np.int32).T if name.endswith("weight_int4") else unpack_int4(stored)
+                checked += 1
+                different += int(not np.array_equal(codes.astype(np.int32), lin.codes.numpy().astype(np.int32)))
+        result[graph_name] = {"layers_checked": checked, "layers_different": different}
+    return result
+
+
+def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | None = EvalSpec(),
+          progress: bool = True) -> dict:
+    """Run the three-way comparison and (unless eval_spec is None) both perplexities; write DIR/check/."""
+    path, plan, report = load_rewritten(folder)
+    source = ModelSource(str(path), "onnx", path / PORTABLE_GRAPH, path)
+    tok = load_tokenizer(source)
+    text = resolve_corpus(corpus)
+    ids = tok(text.eval_text, add_special_tokens=False).input_ids[:CORPUS_WINDOW]
+    batches = [*sample_batches(tok), (np.asarray([ids], np.int64), np.ones((1, len(ids)), np.int64))]
+    feeds = [{"input_ids": i, "attention_mask": m} for i, m in batches]
+    extra = [codes_name(i) for i in range(len(plan.groups))] if plan.act_spec is not None else []
+    simulated, why_not = _simulation(path, plan)
+    runners = []
+    if simulated is not None:
+        runners.append(SimulationRunner(simulated))
+    runners.append(OnnxrtRunner(_tapped_session(path / PLUGIN_GRAPH, plugin_session_options(), extra), name="plugin"))
+    runners.append(OnnxrtRunner(_tapped_session(path / PORTABLE_GRAPH, exact_session_options(), extra),
+                                name="portable"))
+    start = time.perf_counter()
+    G_LOGGER.module_severity = G_LOGGER.WARNING if progress else G_LOGGER.ERROR
+    results = Comparator.run(runners, data_loader=feeds)
+    out = path / CHECK_DIR
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    save_json(feeds, str(out / "inputs.json"))
+    results.save(str(out / "outputs.json"))
+    names = [r.name for r in runners]
+    pairs = [(a, b) for a in range(len(names)) for b in range(a + 1, len(names))]
+    logits_only = RunResults()
+    for name, iterations in results.items():
+        logits_only.append((name, [IterationResult({"logits": it["logits"]}, runner_name=name) for it in iterations]))
+    accuracy = Comparator.compare_accuracy(logits_only, compare_func=CompareFunc.simple(atol=LOGITS_ATOL, rtol=0.0),
+                                           comparisons=pairs, fail_fast=False)
+    record = {"kind": "check", "folder": str(path), "runners": names, "simulation_skipped": why_not,
+              "weights": _check_weights(path, plan), "comparisons": [], "run_s": round(time.perf_counter() - start, 1)}
+    for a, b in pairs:
+        packed = plan.act_spec is not None and plan.act_spec.bits == 4
+        record["comparisons"].append(_compare(results, names[a], names[b], len(plan.groups), packed, feeds,
+                                              all(map(bool, accuracy[0][(names[a], names[b])]))))
+    if eval_spec is not None:
+        record["perplexity"] = _perplexities(path, simulated, tok, text, eval_spec, progress)
+    record["passed"] = _passed(record)
+    (out / "check.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _simulation(path: Path, plan: Plan) -> tuple[SimulatedLogits | None, str | None]:
+    source_json = path / "source.json"
+    if not source_json.is_file():
+        return None, "no source.json: the ONNX model did not come from 'freeact-export export'"
+    name = json.loads(source_json.read_text()).get("model")
+    try:
+        source = resolve_model(name)
+        model = load_torch_model(source, "float32", "cpu")
+    except UserError as err:
+        return None, f"source model {name} not loadable ({err})"
+    return SimulatedLogits(model, plan), None
+
+
+def _compare(results, a: str, b: str, groups: int, packed: bool, feeds: list[dict], logits_passed: bool) -> dict:
+    max_abs = signal = noise = 0.0
+    codes_total = codes_diff = codes_far = 0
+    first_diverging = None
+    per_group_worst = 0.0
+    for it_a, it_b, feed in zip(results[a], results[b], feeds, strict=True):
+        keep = feed["attention_mask"].astype(bool)
+        la, lb = it_a["logits"][keep].astype(np.float64), it_b["logits"][keep].astype(np.float64)
+        max_abs = max(max_abs, float(np.abs(la - lb).max()))
+        signal += float((la**2).sum())
+        noise += float(((la - lb) ** 2).sum())
+        for index in range(groups):
+            ca = _unpacked(it_a, index, packed and a == "plugin")
+            cb = _unpacked(it_b, index, packed and b == "plugin")
+            if ca is None or cb is None:
+                continue
+            diff = ca != cb
+            codes_total += diff.size
+            codes_diff += int(diff.sum())
+            codes_far += int((np.abs(ca - cb) > 1).sum())
+            fraction = float(diff.mean())
+            per_group_worst = max(per_group_worst, fraction)
+            if first_diverging is None and (fraction > CODE_MISMATCH_LIMIT or (np.abs(ca - cb) > 1).any()):
+                first_diverging = f"group {index} ({codes_name(index)})"
+    sqnr = 10 * math.log10(signal / noise) if noise > 0 else float("inf")
+    return {"pair": [a, b], "logits_max_abs_diff": max_abs, "logits_sqnr_db": sqnr,
+            "polygraphy_logits_passed": logits_passed, "codes_compared": codes_total,
+            "codes_different": codes_diff, "codes_off_by_more_than_one": codes_far,
+            "worst_group_code_mismatch": per_group_worst, "first_diverging": first_diverging,
+            "passed": bool(logits_passed and sqnr >= LOGITS_MIN_SQNR_DB and first_diverging is None)}
+
+
+def _unpacked(outputs, index: int, packed: bool) -> np.ndarray | None:
+    """A group's activation codes as int32 [..., d], from any runner's form of them."""
+    name = codes_name(index)
+    if name not in outputs:
+        return None
+    value = outputs[name]
+    return unpack_int4(value).astype(np.int32) if packed else np.rint(value).astype(np.int32)
+
+
+def _perplexities(path: Path, simulated: SimulatedLogits | None, tok, text, spec: EvalSpec, progress: bool) -> dict:
+    token_ids = tok(text.eval_text, add_special_tokens=False).input_ids
+    windows = eval_windows(token_ids, spec, bos_context_id(tok), text.name)
+    record = {"windows": spec.windows, "seqlen": spec.seqlen, "corpus": text.name}
+    start = time.perf_counter()
+    record["portable"] = perplexity(OrtLogits(path / PORTABLE_GRAPH), windows, progress).perplexity
+    record["portable_s"] = round(time.perf_counter() - start, 1)
+    if simulated is not None:
+        start = time.perf_counter()
+        record["simulation"] = perplexity(simulated, windows, progress).perplexity
+        record["simulation_s"] = round(time.perf_counter() - start, 1)
+        record["relative_difference"] = abs(record["portable"] / record["simulation"] - 1)
+        record["passed"] = record["relative_difference"] <= PERPLEXITY_RTOL
+    return record
+
+
+def _passed(record: dict) -> bool:
+    weights_ok = all(v["layers_different"] == 0 for v in record["weights"].values())
+    ppl_ok = record.get("perplexity", {}).get("passed", True)
+    return bool(weights_ok and ppl_ok and all(c["passed"] for c in record["comparisons"]))
