@@ -156,8 +156,10 @@ def export(model: str, output: str | Path, spec: ExportSpec = ExportSpec(), *,
             "output": str(out),
             "files": [f.name for f in files],
             "dtype": "float32",
-            "inputs": ["input_ids [batch, sequence] int64", "attention_mask [batch, sequence] int64"],
-            "outputs": ["logits [batch, sequence, vocab] float32"],
+            "inputs": ["input_ids [batch, sequence] int64", "attention_mask [batch, sequence] int64"]
+            + (["past_key_values.{i}.key|value [batch, kv heads, past, head dim] float32"] if spec.kv_cache else []),
+            "outputs": ["logits [batch, sequence, vocab] float32"]
+            + (["present.{i}.key|value [batch, kv heads, past + sequence, head dim] float32"] if spec.kv_cache else []),
             "spec": spec.to_dict(),
             "export_s": round(time.perf_counter() - start, 1),
             "environment": _environment(),

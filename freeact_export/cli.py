@@ -21,9 +21,9 @@ deploy to Triton or edge GPUs.
 The pipeline, one stage per command:
   eval      perplexity of a PyTorch or ONNX model (shared/EVAL.md protocol)
   export    floating-point ONNX of a decoder LM, checked against PyTorch
-  quantize  a quantization plan and its simulated perplexity (baselines now; FreeAct next)
-  MODEL.onnx  the ONNX-in path: calibrate, rewrite, lower, check              [coming]
-  check     three-way parity: simulation, plugin graph, portable graph        [coming]
+  quantize  a quantization plan and its simulated perplexity (FreeAct and every baseline)
+  MODEL.onnx  the ONNX-in path: calibrate, plan, rewrite to plugin + portable graphs, check
+  check     three-way parity: simulation, plugin graph, portable graph (Polygraphy)
   build     TensorRT engine from the plugin graph                             [coming]
   triton    Triton Inference Server model repository                          [coming]
 
@@ -36,6 +36,8 @@ examples:
   freeact-export eval --model smollm2-135m --corpus wiki
   freeact-export export --model smollm2-135m -o out/smollm2-135m-fp32
   freeact-export eval --model out/smollm2-135m-fp32 --corpus wiki --json out/ppl-onnx.json
+  freeact-export out/smollm2-135m-fp32 --method freeact --bits w4a4 -o out/smollm2-freeact-w4a4
+  freeact-export check out/smollm2-freeact-w4a4
 """
 
 
@@ -116,6 +118,8 @@ def _add_export(sub) -> None:
     p.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21, needed later for INT4)")
     p.add_argument("--external-data", default="auto", choices=["auto", "always", "never"],
                    help="weights in model.onnx.data: auto = only above ~1.8 GB (default: auto)")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="also take past keys/values and return present ones (past_key_values.{i}.key ...)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch logits check")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_run_export)
@@ -125,7 +129,8 @@ def _run_export(args: argparse.Namespace) -> None:
     from freeact_export import api
     from freeact_export.config import ExportSpec
 
-    spec = _spec(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify)
+    spec = _spec(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify,
+                 kv_cache=args.kv_cache)
     print(f"exporting {args.model} to ONNX (about a minute per 100M parameters on 2 CPU cores)", flush=True)
     record = api.export(args.model, args.output, spec, overwrite=args.overwrite)
     print(f"wrote {args.output}/ ({', '.join(record['files'])}) in {record['export_s']:.0f} s")
@@ -227,6 +232,137 @@ def _run_quantize(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}/ (plan.json, plan.safetensors, report.json)")
 
 
+def _add_rewrite(sub) -> None:
+    from freeact_export.config import BITS_PRESETS, CALIB_PRESETS
+    from freeact_export.quantize.planner import METHODS
+
+    p = sub.add_parser(
+        "rewrite", formatter_class=_formatter, help="the ONNX-in path, also spelled: freeact-export MODEL.onnx ...",
+        description=textwrap.dedent("""\
+            Quantize an ONNX decoder LM (from 'freeact-export export' or another exporter; KV-cache
+            inputs and external data are fine): calibrate it with ONNX Runtime per token type,
+            compute the plan (same planner as 'quantize'), and write a folder with
+              plugin.onnx    every group of linears sharing an input rewritten into one
+                             FreeActQuantize + one Int4MatMul per consumer (TensorRT plugins)
+              portable.onnx  the same plan in standard ONNX ops (INT4 DequantizeLinear), for
+                             ONNX Runtime or any runtime without the plugins
+              plan/, report.json, the tokenizer
+            then run 'check' on it (three-way parity and perplexities) unless --no-check.
+            The token type is computed inside both graphs from the model's own inputs.
+            Layers a kernel cannot take stay in floating point and are listed."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export out/smollm2-135m-fp32 --method freeact --bits w4a4 -o out/smollm2-freeact-w4a4
+              freeact-export model.onnx --method quarot+gptq --bits w4a8 --types single --no-check -o out/q
+              freeact-export model.onnx --tokenizer ./hf-folder --corpus notes.txt -o out/notes"""))
+    p.add_argument("model", metavar="MODEL", help="an .onnx file or a folder holding model.onnx")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="folder to create (default: <model>-<method>-<bits> beside the model)")
+    p.add_argument("--method", default="freeact", choices=METHODS, metavar="METHOD",
+                   help=f"one of {', '.join(METHODS)} (default: freeact)")
+    p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="(default: w4a4)")
+    p.add_argument("--types", default="sink=pos:1", metavar="RULES",
+                   help="token-type rules as in 'quantize' (default: sink=pos:1, the attention sink)")
+    p.add_argument("--corpus", default="wiki", metavar="C", help="calibration + check corpus (default: wiki)")
+    p.add_argument("--tokenizer", metavar="T", help="tokenizer source when none lies beside the model")
+    p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")
+    p.add_argument("--calib-windows", type=int, metavar="N", help="calibration windows (overrides the preset)")
+    p.add_argument("--calib-seqlen", type=int, metavar="T", help="calibration window length (overrides the preset)")
+    p.add_argument("--steps", type=int, metavar="N", help="FreeAct / FlatQuant learning steps per group")
+    p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default: 0)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check and perplexities")
+    p.add_argument("--windows", type=int, default=32, help="eval windows for the check's perplexities (default: 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=_run_rewrite)
+
+
+def _run_rewrite(args: argparse.Namespace) -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS
+    from freeact_export.onnx_in.job import rewrite_onnx
+
+    model = Path(args.model)
+    output = args.output or str((model.parent if model.suffix == ".onnx" else model.parent)
+                                / f"{model.stem if model.suffix == '.onnx' else model.name}-{args.method}-{args.bits}")
+    calib = None
+    if args.calib_windows is not None or args.calib_seqlen is not None:
+        preset = CALIB_PRESETS[args.preset]
+        calib = _spec(dataclasses.replace, preset,
+                      windows=preset.windows if args.calib_windows is None else args.calib_windows,
+                      seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
+    freeact = None if args.steps is None else _spec(dataclasses.replace, FREEACT_PRESETS[args.preset],
+                                                     steps=args.steps)
+    report = rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
+                          types=args.types, preset=args.preset, seed=args.seed, calib=calib, freeact=freeact,
+                          tokenizer=args.tokenizer, overwrite=args.overwrite)
+    before, after = report["weight_bytes_before"], report["weight_bytes_after"]
+    print(f"{args.method} {args.bits}: {report['quantized_layers']} linear layers in {report['groups']} groups "
+          f"rewritten; calibration {report['calibration_s']:.0f} s (onnxruntime), planning {report['plan_s']:.0f} s, "
+          f"rewrite {report['rewrite_s']:.0f} s")
+    print(f"weights of the rewritten layers: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
+          f"({before / max(after, 1):.1f}x smaller, transforms and scales included)")
+    for node, why in report["left_in_float"].items():
+        print(f"left in floating point: {node}: {why}")
+    print(f"wrote {output}/ (plugin.onnx, portable.onnx, plan/, report.json, tokenizer)")
+    if not args.no_check:
+        _check_and_print(output, args.corpus, args.windows)
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser(
+        "check", formatter_class=_formatter, help="three-way parity: simulation, plugin graph, portable graph",
+        description=textwrap.dedent("""\
+            Compare with Polygraphy, on saved inputs, the PyTorch fake-quant simulation (when the
+            folder's source model is available), the plugin graph in ONNX Runtime (reference
+            implementations of the two ops) and the portable graph: INT4 weights must equal the
+            plan's, activation codes must agree (at most a rare ±1 where float order decides a
+            rounding tie), logits within tolerance; then the portable graph's perplexity must
+            be within 0.5 % of the simulation's. Inputs, outputs and check.json go to DIR/check/
+            (replaced on each run). Exit status 1 when anything fails; the first diverging
+            group is named."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export check out/smollm2-freeact-w4a4
+              freeact-export check out/q --no-eval"""))
+    p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
+    p.add_argument("--corpus", default="wiki", metavar="C", help="(default: wiki)")
+    p.add_argument("--windows", type=int, default=32, help="eval windows for the perplexities (default: 32)")
+    p.add_argument("--no-eval", action="store_true", help="parity only, no perplexities")
+    p.set_defaults(run=lambda args: _check_and_print(args.folder, args.corpus, None if args.no_eval else args.windows))
+
+
+def _check_and_print(folder: str, corpus: str, windows: int | None) -> None:
+    from freeact_export.config import EvalSpec
+    from freeact_export.parity.check import check
+
+    spec = None if windows is None else _spec(EvalSpec, windows=windows)
+    record = check(folder, corpus=corpus, eval_spec=spec)
+    if record["simulation_skipped"]:
+        print(f"simulation skipped: {record['simulation_skipped']}")
+    for graph, w in record["weights"].items():
+        print(f"weights {graph}: {w['layers_checked'] - w['layers_different']}/{w['layers_checked']} layers "
+              "hold exactly the plan's INT4 codes")
+    print(f"{'runners':<24} {'logits max|diff|':>16} {'SQNR dB':>8} {'codes differing':>22} {'result':>7}")
+    for c in record["comparisons"]:
+        codes = f"{c['codes_different']}/{c['codes_compared']}"
+        print(f"{' vs '.join(c['pair']):<24} {c['logits_max_abs_diff']:>16.3g} {c['logits_sqnr_db']:>8.1f} "
+              f"{codes:>22} {'pass' if c['passed'] else 'FAIL':>7}")
+        if c["first_diverging"]:
+            print(f"  first diverging: {c['first_diverging']}")
+    if "perplexity" in record:
+        p = record["perplexity"]
+        line = f"perplexity ({p['windows']} x {p['seqlen']}, {p['corpus']}): portable (onnxruntime) {p['portable']:.3f}"
+        if "simulation" in p:
+            line += (f", simulation {p['simulation']:.3f}, difference {100 * p['relative_difference']:.3f} % "
+                     f"(limit 0.5 %) {'pass' if p['passed'] else 'FAIL'}")
+        print(line)
+    print(f"check {'passed' if record['passed'] else 'FAILED'}; inputs, outputs and check.json in {folder}/check/")
+    if not record["passed"]:
+        raise UserError(f"parity check failed for {folder} (details in {folder}/check/check.json)")
+
+
 def _spec(factory, *args, **fields):
     """Build a settings object; its validation errors become one-line user errors."""
     try:
@@ -237,22 +373,6 @@ def _spec(factory, *args, **fields):
 
 # Commands whose stage lands with a later issue: their help already says what they will do.
 PLANNED = {
-    "rewrite": (
-        "the ONNX-in path, also spelled: freeact-export MODEL.onnx [options]",
-        """\
-        Calibrate an ONNX decoder LM with ONNX Runtime, rewrite every group of linear layers
-        that share an input into FreeActQuantize + Int4MatMul (TensorRT plugins), lower the
-        same plan to a portable standard-ONNX graph, and check three-way parity. Planned form:
-          freeact-export MODEL.onnx --method freeact --bits w4a4 -o DIR
-        Not available in this version yet: it lands with the ONNX rewrite."""),
-    "check": (
-        "parity of the simulation, plugin graph, portable graph (and engine)",
-        """\
-        Compare, with Polygraphy, the PyTorch fake-quant simulation, the plugin graph in ONNX
-        Runtime, the portable graph and (where TensorRT is installed) the engine, on saved
-        inputs; print per-output error statistics and the first diverging node. Planned form:
-          freeact-export check DIR
-        Not available in this version yet: it lands with the ONNX rewrite."""),
     "build": (
         "TensorRT engine from the plugin graph",
         """\
@@ -284,7 +404,7 @@ def _not_yet(name: str) -> None:
                     f"see '{PROG} {name} --help' for what it will do")
 
 
-COMMANDS = ("eval", "export", "quantize", *PLANNED)
+COMMANDS = ("eval", "export", "quantize", "rewrite", "check", *PLANNED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_quantize(sub)
+    _add_rewrite(sub)
+    _add_check(sub)
     for name in PLANNED:
         _add_planned(sub, name)
     return parser

@@ -60,11 +60,15 @@ class ExportSpec(_Versioned):
             protobuf past its 2 GB limit; "always" / "never" force the choice.
         verify: run ONNX Runtime on sample text after export and record the max abs
             difference of its logits against PyTorch's.
+        kv_cache: also take the past keys/values per layer (past_key_values.{i}.key|value
+            [batch, kv heads, past, head dim]) and return the new ones (present.{i}.key|value),
+            as Optimum and onnxruntime-genai lay them out: a graph that can decode.
     """
 
     opset: int = 21
     external_data: str = "auto"
     verify: bool = True
+    kv_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.external_data not in EXTERNAL_DATA_CHOICES:

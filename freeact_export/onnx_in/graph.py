@@ -32,8 +32,8 @@ from freeact_export.errors import UserError
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 # Ops between the output projection and the logits output that do not compute anything new.
 _PASS_THROUGH = ("Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
-# Our exporter wraps the Hugging Face model as `model` (export.prefill.PrefillLogits).
-_WRAPPER = "freeact_export.export.prefill.PrefillLogits"
+# Our exporter wraps the Hugging Face model as `model` (export.prefill).
+_WRAPPERS = ("freeact_export.export.prefill.PrefillLogits", "freeact_export.export.prefill.DecoderWithCache")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,7 @@ def _module_name(node: onnx.NodeProto) -> str | None:
     if len(scopes) < 2 or not scopes[-2]:
         return None
     name = scopes[-2]  # the last scope is the traced op itself; the one before, its module
-    if hierarchy and hierarchy[0] == _WRAPPER and name.startswith("model."):
+    if hierarchy and hierarchy[0] in _WRAPPERS and name.startswith("model."):
         name = name[len("model."):]
     return name
 

@@ -64,6 +64,12 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     except ValueError as err:
         raise UserError(str(err)) from None
     onnx_model = load_onnx(source.path)
+    for rule in token_types.rules:
+        if rule.kind == "input":
+            where = ("which this graph does not have" if rule.input_name not in onnx_model.input_names else
+                     "which calibration from a text corpus cannot fill")
+            raise UserError(f"token-type rule '{rule.to_text()}' needs the graph input '{rule.input_name}', {where}; "
+                            "use id or position rules here")
     tok = load_tokenizer(source, tokenizer)
     text = resolve_corpus(corpus)
     calib_spec = CALIB_PRESETS[preset] if calib is None else calib

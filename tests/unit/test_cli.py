@@ -44,7 +44,7 @@ def test_top_level_help_shows_both_forms(capsys):
 
 def test_onnx_in_form_routes_to_the_onnx_path(capsys):
     code, _, err = run_cli(capsys, "model.onnx", "--bits", "w4a4")
-    assert_one_line_error(code, err, "'rewrite' is not available")
+    assert_one_line_error(code, err, "model path model.onnx does not exist")
 
 
 def test_unknown_model_name(capsys):
