@@ -341,6 +341,11 @@ def _check_and_print(folder: str, corpus: str, windows: int | None) -> None:
     record = check(folder, corpus=corpus, eval_spec=spec)
     if record["simulation_skipped"]:
         print(f"simulation skipped: {record['simulation_skipped']}")
+    if record["noise_floor"]:
+        f = record["noise_floor"]
+        print(f"noise floor (simulation, transform in float32 vs float64): logits max|diff| "
+              f"{f['logits_max_abs_diff']:.3g}, SQNR {f['logits_sqnr_db']:.1f} dB; pairs must reach "
+              f"SQNR {record['logits_min_sqnr_db']:.1f} dB and max|diff| <= {record['logits_atol']:.3g}")
     for graph, w in record["weights"].items():
         print(f"weights {graph}: {w['layers_checked'] - w['layers_different']}/{w['layers_checked']} layers "
               "hold exactly the plan's INT4 codes")
@@ -351,6 +356,10 @@ def _check_and_print(folder: str, corpus: str, windows: int | None) -> None:
               f"{codes:>22} {'pass' if c['passed'] else 'FAIL':>7}")
         if c["first_diverging"]:
             print(f"  first diverging: {c['first_diverging']}")
+        elif c["first_differences"]:
+            first = c["first_differences"][0]
+            print(f"  codes first differ at {first['group']} ({first['codes_different']} of {first['codes']}, "
+                  f"by {first['max_code_difference']}): a rounding tie decided by float order")
     if "perplexity" in record:
         p = record["perplexity"]
         line = f"perplexity ({p['windows']} x {p['seqlen']}, {p['corpus']}): portable (onnxruntime) {p['portable']:.3f}"

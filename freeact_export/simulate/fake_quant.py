@@ -38,6 +38,7 @@ class ActivationPath(torch.nn.Module):
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reads_left = 0
         self.recorded: list[Quantized] | None = None  # set to a list to keep the integer activations (parity)
+        self.compute_dtype = torch.float32  # float64 moves rounding ties: the parity check's noise floor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._last is not None and self._last[0] is x:  # q/k/v (gate/up) read the same tensor
@@ -47,7 +48,7 @@ class ActivationPath(torch.nn.Module):
                 self._last = None
             return y
         types = self.context.types.to(x.device).reshape(x.shape[:-1]).long()
-        y = activation_side(x.float(), self.kind, self.transform_tensors)
+        y = activation_side(x.to(self.compute_dtype), self.kind, self.transform_tensors)
         if self.masks is not None:
             y = y * self.masks.to(y.device)[types]
         if self.act_spec is not None:
@@ -93,6 +94,7 @@ class SimulatedLogits:
     runtime = "torch-fakequant"
 
     def __init__(self, model: torch.nn.Module, plan: Plan):
+        self.base_model = model
         self.token_types = TokenTypes.parse(plan.token_types)
         self.context = TypeContext(self.token_types.num_types)
         self.model = apply_plan(model, plan, self.context).eval()
