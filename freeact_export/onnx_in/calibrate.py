@@ -9,12 +9,7 @@ samples.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -35,17 +30,8 @@ from freeact_export.token_types import TokenTypes
 BATCH_BUDGET_BYTES = 1 << 30  # activations of all groups for one batch of windows
 
 
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
-
-
-@contextlib.contextmanager
-def tapped_session(onnx_model: OnnxModel, tensors: list[str], device: str = "cpu") -> Iterator[ort.InferenceSession]:
-    """A session of the graph with `tensors` added as outputs (the model file is not touched).
-
-    Weights kept in external files stay where they are: the edited graph is written to a
-    temporary folder beside links to those files.
-    """
+def tapped_session(onnx_model: OnnxModel, tensors: list[str], device: str = "cpu") -> ort.InferenceSession:
+    """A session of the graph with `tensors` added as outputs (the model file is not touched)."""
     model = onnx.ModelProto()
     model.CopyFrom(onnx_model.model)
     dtypes = {}
@@ -55,27 +41,17 @@ def tapped_session(onnx_model: OnnxModel, tensors: list[str], device: str = "cpu
     for name in tensors:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, dtypes[name], None))
     options = exact_session_options()
+    # Weights kept in external files stay where they are: ORT reads them from the model's folder.
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(onnx_model.path.parent.resolve()))
     try:
-        if not _uses_external_data(model):
-            yield ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
-            return
-        with tempfile.TemporaryDirectory(prefix="freeact-tap-") as tmp:
-            source = onnx_model.path.parent
-            for init in model.graph.initializer:
-                if init.data_location == onnx.TensorProto.EXTERNAL:
-                    location = next(e.value for e in init.external_data if e.key == "location")
-                    link = Path(tmp) / location
-                    if not link.exists():
-                        link.parent.mkdir(parents=True, exist_ok=True)
-                        os.symlink((source / location).resolve(), link)
-            graph_path = Path(tmp) / "model.onnx"
-            onnx.save(model, str(graph_path))
-            yield ort.InferenceSession(str(graph_path), options, providers=providers_for(device))
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"ONNX Runtime cannot run {onnx_model.path}: {first}") from None
+    return session
 
 
 def calibrate_onnx(onnx_model: OnnxModel, windows: np.ndarray, token_types: TokenTypes, spec: CalibSpec,
@@ -90,19 +66,19 @@ def calibrate_onnx(onnx_model: OnnxModel, windows: np.ndarray, token_types: Toke
     per_window = windows.shape[1] * sum(g.in_features for g in groups) * 4
     batch = max(1, min(len(windows), BATCH_BUDGET_BYTES // max(per_window, 1)))
     names = [activation[g.name] for g in groups]
-    with tapped_session(onnx_model, names, device) as session:
-        feeds = PrefillFeeds(session.get_inputs(), str(onnx_model.path))
-        with tqdm(total=len(windows), desc="calibration (onnxruntime)", unit="window", disable=not progress) as bar:
-            for start in range(0, len(windows), batch):
-                ids = windows[start:start + batch]
-                outputs = dict(zip(names, session.run(names, feeds(ids)), strict=True))
-                types = token_types.assign(torch.from_numpy(ids))
-                for row in range(len(ids)):
-                    for g in groups:
-                        x = outputs[activation[g.name]].reshape(len(ids), -1, g.in_features)[row]
-                        taps[g.name].add(torch.from_numpy(x), types[row].reshape(-1))
-                    massive.add_window(torch.from_numpy(ids[row]), [tap.last_token_absmax for tap in taps.values()])
-                    bar.update(1)
-                del outputs
+    session = tapped_session(onnx_model, names, device)
+    feeds = PrefillFeeds(session.get_inputs(), str(onnx_model.path))
+    with tqdm(total=len(windows), desc="calibration (onnxruntime)", unit="window", disable=not progress) as bar:
+        for start in range(0, len(windows), batch):
+            ids = windows[start:start + batch]
+            outputs = dict(zip(names, session.run(names, feeds(ids)), strict=True))
+            types = token_types.assign(torch.from_numpy(ids))
+            for row in range(len(ids)):
+                for g in groups:
+                    x = outputs[activation[g.name]].reshape(len(ids), -1, g.in_features)[row]
+                    taps[g.name].add(torch.from_numpy(x), types[row].reshape(-1))
+                massive.add_window(torch.from_numpy(ids[row]), [tap.last_token_absmax for tap in taps.values()])
+                bar.update(1)
+            del outputs
     stats = {name: tap.stats for name, tap in taps.items()}
     return checked_record(token_types, groups, stats, spec, massive)

@@ -29,12 +29,13 @@ CHECK_EVAL = EvalSpec(seqlen=64, windows=4)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Tiny Llama (prefill graph) and tiny Qwen2 (with KV-cache inputs and outputs) from our exporter."""
+    """Tiny Llama (prefill graph, weights in an external data file) and tiny Qwen2 (KV-cache inputs
+    and outputs), from our exporter."""
     root = tmp_path_factory.mktemp("rewrite")
     graphs = {}
     for arch, kv in (("llama", False), ("qwen2", True)):
         hf = save_tiny_model(arch, root / f"{arch}-hf")
-        api.export(str(hf), root / f"{arch}-onnx", ExportSpec(kv_cache=kv))
+        api.export(str(hf), root / f"{arch}-onnx", ExportSpec(kv_cache=kv, external_data="never" if kv else "always"))
         graphs[arch] = root / f"{arch}-onnx"
     return root, graphs
 
@@ -64,6 +65,8 @@ def test_three_way_parity(exported, tiny_text_file, arch, method, bits):
     assert record["perplexity"]["relative_difference"] < 1e-5
     assert all(w["layers_different"] == 0 and w["layers_checked"] == 7 * 2 for w in record["weights"].values())
     assert (out / "check" / "inputs.json").is_file() and (out / "check" / "outputs.json").is_file()
+    if arch == "llama":
+        assert (exported[1]["llama"] / "model.onnx.data").is_file()  # calibrated and rewritten from external data
 
 
 def test_plugin_graph_follows_the_parser_rules_and_the_schemas(exported, tiny_text_file):
