@@ -30,6 +30,8 @@ from freeact_export.calibrate.groups import LinearGroup, group_name
 from freeact_export.errors import UserError
 
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+# float16 graphs need the casts around the ops exercised first (ORT's Python custom ops take float32 only).
+_SUPPORTED = (onnx.TensorProto.FLOAT,)
 # Ops between the output projection and the logits output that do not compute anything new.
 _PASS_THROUGH = ("Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 # Our exporter wraps the Hugging Face model as `model` (export.prefill).
@@ -163,6 +165,10 @@ def find_linears(model: onnx.ModelProto) -> tuple[list[OnnxLinear], dict[str, st
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if len(weight.dims) != 2 or weight.data_type not in _FLOATS:
             skipped[node.name] = f"weight {weight.name} is not a 2-D float tensor"
+            continue
+        if weight.data_type not in _SUPPORTED:
+            kind = onnx.TensorProto.DataType.Name(weight.data_type).lower()
+            skipped[node.name] = f"weights of type {kind} are not supported yet (float32 only)"
             continue
         if node.op_type == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
                                        or attrs.get("beta", 1.0) != 1.0):
