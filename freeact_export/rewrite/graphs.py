@@ -119,9 +119,6 @@ def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
         op = _Builder(graph, f"freeact/g{index}")
         x = tensors[members[0].activation]
         d = group.in_features
-        float_type = x.dtype if x.dtype is not None else np.float32
-        if float_type != np.float32:
-            x = op("Cast", [x], {"to": TensorProto.FLOAT}, np.float32)
         group_types = op("Reshape", [types, op("Shape", [x], {"end": -1}, np.int64)], dtype=np.int32)
         act = activation_tensors(group, token_types.num_types)
         after += sum(a.nbytes for a in act.values() if isinstance(a, np.ndarray))
@@ -149,8 +146,6 @@ def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
                                              _f32_const(op, wt["weight_scale"]), _f32_const(op, wt["bias"])],
                                   [np.float32])[0]
             out = tensors[member.output]
-            if float_type != np.float32:
-                y = op("Cast", [y], {"to": _onnx_type(float_type)}, float_type)
             out.inputs.clear()  # detach from the original MatMul / bias Add; cleanup drops them and their weights
             producer = y.inputs[0]
             producer.outputs.clear()
@@ -183,10 +178,6 @@ def _schema_layer(op: _Builder, node: onnx.NodeProto, inputs: list, dtypes: list
     for var, dtype in zip(made, dtypes, strict=True):
         var.dtype = dtype
     return made
-
-
-def _onnx_type(dtype) -> int:
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def _set_opsets(model: onnx.ModelProto, original: onnx.ModelProto, with_contrib: bool) -> None:
