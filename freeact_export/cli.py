@@ -201,15 +201,10 @@ def _run_quantize(args: argparse.Namespace) -> None:
     import dataclasses
 
     from freeact_export import api
-    from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, EvalSpec
+    from freeact_export.config import FREEACT_PRESETS, EvalSpec
 
     eval_spec = None if args.no_eval else _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
-    calib = None
-    if args.calib_windows is not None or args.calib_seqlen is not None:
-        preset = CALIB_PRESETS[args.preset]
-        calib = _spec(dataclasses.replace, preset,
-                      windows=preset.windows if args.calib_windows is None else args.calib_windows,
-                      seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
+    calib = _calib_override(args)
     learning = {k: v for k, v in (("steps", args.steps), ("dedicated_fraction", args.dedicated_fraction),
                                   ("type_weighting", args.type_weighting)) if v is not None}
     freeact = _spec(dataclasses.replace, FREEACT_PRESETS[args.preset], **learning) if learning else None
@@ -280,18 +275,13 @@ def _run_rewrite(args: argparse.Namespace) -> None:
     import dataclasses
     from pathlib import Path
 
-    from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS
+    from freeact_export.config import FREEACT_PRESETS
     from freeact_export.onnx_in.job import rewrite_onnx
 
     model = Path(args.model)
-    output = args.output or str((model.parent if model.suffix == ".onnx" else model.parent)
-                                / f"{model.stem if model.suffix == '.onnx' else model.name}-{args.method}-{args.bits}")
-    calib = None
-    if args.calib_windows is not None or args.calib_seqlen is not None:
-        preset = CALIB_PRESETS[args.preset]
-        calib = _spec(dataclasses.replace, preset,
-                      windows=preset.windows if args.calib_windows is None else args.calib_windows,
-                      seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
+    stem = model.stem if model.suffix == ".onnx" else model.name
+    output = args.output or str(model.parent / f"{stem}-{args.method}-{args.bits}")
+    calib = _calib_override(args)
     freeact = None if args.steps is None else _spec(dataclasses.replace, FREEACT_PRESETS[args.preset],
                                                      steps=args.steps)
     report = rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
@@ -370,6 +360,20 @@ def _check_and_print(folder: str, corpus: str, windows: int | None) -> None:
     print(f"check {'passed' if record['passed'] else 'FAILED'}; inputs, outputs and check.json in {folder}/check/")
     if not record["passed"]:
         raise UserError(f"parity check failed for {folder} (details in {folder}/check/check.json)")
+
+
+def _calib_override(args: argparse.Namespace):
+    """The preset's calibration settings with --calib-windows / --calib-seqlen applied (None: the preset's)."""
+    import dataclasses
+
+    from freeact_export.config import CALIB_PRESETS
+
+    if args.calib_windows is None and args.calib_seqlen is None:
+        return None
+    preset = CALIB_PRESETS[args.preset]
+    return _spec(dataclasses.replace, preset,
+                 windows=preset.windows if args.calib_windows is None else args.calib_windows,
+                 seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
 
 
 def _spec(factory, *args, **fields):
