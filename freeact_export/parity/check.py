@@ -17,7 +17,8 @@ What must hold:
   logits      compared with Polygraphy's Comparator and by SQNR, against the measured noise floor
               of float rounding order (see LOGITS_MIN_SQNR_DB below);
   perplexity  the portable graph's (ONNX Runtime) within 0.5 % of the simulation's (EVAL.md).
-Inputs and every runner's outputs are saved with Polygraphy under DIR/check/.
+Inputs and every runner's logits are saved with Polygraphy under DIR/check/ (polygraphy inspect
+data / run --load-inputs read them); the codes comparison is summarised in check.json.
 """
 
 from __future__ import annotations
@@ -187,7 +188,6 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
         shutil.rmtree(out)
     out.mkdir()
     save_json(feeds, str(out / "inputs.json"))
-    results.save(str(out / "outputs.json"))
     names = [r.name for r in runners if r.name != FLOOR_RUNNER]
     floor = _compare(results, "simulation", FLOOR_RUNNER, [], False, feeds, True) if simulated else None
     atol = max(MIN_ATOL, FLOOR_ATOL_FACTOR * floor["logits_max_abs_diff"]) if floor else FALLBACK_ATOL
@@ -196,9 +196,10 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     pairs = [(index[a], index[b]) for i, a in enumerate(names) for b in names[i + 1:]]
     packed = plan.act_spec is not None and plan.act_spec.bits == 4
     group_names = [g.name for g in plan.groups]
-    logits_only = RunResults()
+    logits_only = RunResults()  # saved: the activation codes (GBs for a real model) are summarised in check.json
     for name, iterations in results.items():
         logits_only.append((name, [IterationResult({"logits": it["logits"]}, runner_name=name) for it in iterations]))
+    logits_only.save(str(out / "outputs.json"))
     accuracy = Comparator.compare_accuracy(logits_only, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0),
                                            comparisons=pairs, fail_fast=False)
     record = {"kind": "check", "folder": str(path), "runners": names, "simulation_skipped": why_not,
