@@ -18,6 +18,7 @@ from pathlib import Path
 from freeact_export import api
 from freeact_export.config import FREEACT_PRESETS, EvalSpec
 from freeact_export.errors import UserError
+from freeact_export.quantize.freeact import MASK_SELECTION
 
 VARIANTS = {  # name: (dedicated_fraction, type_weighting)
     "no masks, equal weighting": (0.0, "equal"),
@@ -43,10 +44,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "freeact_ablation.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    for name in [n for n in results if n in VARIANTS]:  # an earlier mask selection's figures keep a labelled name
+        entry = results[name]
+        if entry["learning_spec"]["dedicated_fraction"] > 0 and entry.get("mask_selection") != MASK_SELECTION:
+            old = entry.get("mask_selection", "v1: fixed in the starting basis")
+            results[f"{name} [{old.split(':')[0]}]"] = {**results.pop(name), "mask_selection": old}
     try:
         cal = None
         for name, (fraction, weighting) in VARIANTS.items():
-            if name in results:
+            if name in results and (fraction == 0 or results[name].get("mask_selection") == MASK_SELECTION):
                 continue
             cal = cal or api.calibrate_model(args.model, args.corpus, args.types, args.preset,
                                              eval_spec=EvalSpec(windows=args.windows))
@@ -54,6 +60,7 @@ def main() -> int:
                                        type_weighting=weighting)
             _, report = api.plan_model(cal, "freeact", args.bits, args.seed, True, spec)
             results[name] = {"perplexity": report["eval"]["perplexity"], "learning_spec": spec.to_dict(),
+                             "mask_selection": MASK_SELECTION,
                              "types": args.types, "bits": args.bits, "seed": args.seed, "windows": args.windows}
             print(f"{name}: {results[name]['perplexity']:.3f}", flush=True)
             tmp = path.with_suffix(".json.partial")

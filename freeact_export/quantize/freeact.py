@@ -33,6 +33,8 @@ from freeact_export.transforms.apply import kron_apply
 from freeact_export.transforms.hadamard import hadamard, hadamard_supported, random_orthogonal
 
 _CLIP_LOGIT_INIT = 5.0  # sigmoid(5) = 0.993: start from (almost) no clipping, as FlatQuant does
+# How dedicated blocks are chosen; recorded with results so figures of earlier choices stay labelled.
+MASK_SELECTION = "v2: in the learned basis, leak-guarded, kept where they lower the objective"
 MAX_LEAK = 0.05  # a dimension is dedicated to one type only where the others keep < 5 % of their mean energy
 
 
