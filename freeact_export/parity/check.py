@@ -170,13 +170,14 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     feeds = [portable_runner.feeds(i, m) for i, m in batches]  # with empty past caches where the graph has them
     extra = [codes_name(i) for i in range(len(plan.groups))] if plan.act_spec is not None else []
     simulated, why_not = _simulation(path, plan)
+    floor_sim = None
     runners = []
     if simulated is not None:
         runners.append(SimulationRunner(simulated, feeds[0]))
-        floor = SimulatedLogits(simulated.base_model, plan)
-        for p in floor.paths:
+        floor_sim = SimulatedLogits(simulated.base_model, plan)
+        for p in floor_sim.paths:
             p.compute_dtype = torch.float64
-        runners.append(SimulationRunner(floor, feeds[0], name=FLOOR_RUNNER))
+        runners.append(SimulationRunner(floor_sim, feeds[0], name=FLOOR_RUNNER))
     runners.append(OnnxrtRunner(_tapped_session(path / PLUGIN_GRAPH, plugin_session_options(), extra), name="plugin"))
     runners.append(OnnxrtRunner(_tapped_session(path / PORTABLE_GRAPH, exact_session_options(), extra),
                                 name="portable"))
@@ -210,7 +211,7 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
         passed = all(map(bool, accuracy[0][(a_name, b_name)]))
         record["comparisons"].append(_compare(results, a_name, b_name, group_names, packed, feeds, passed, min_sqnr))
     if eval_spec is not None:
-        record["perplexity"] = _perplexities(portable_runner, simulated, tok, text, eval_spec, progress)
+        record["perplexity"] = _perplexities(portable_runner, simulated, floor_sim, tok, text, eval_spec, progress)
     record["passed"] = _passed(record)
     (out / "check.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -279,8 +280,12 @@ def _unpacked(outputs, index: int, packed: bool) -> np.ndarray | None:
     return unpack_int4(value).astype(np.int32) if packed else np.rint(value).astype(np.int32)
 
 
-def _perplexities(portable: OrtLogits, simulated: SimulatedLogits | None, tok, text, spec: EvalSpec,
-                  progress: bool) -> dict:
+def _perplexities(portable: OrtLogits, simulated: SimulatedLogits | None, floor: SimulatedLogits | None, tok,
+                  text, spec: EvalSpec, progress: bool) -> dict:
+    """Both perplexities, and the noise floor's: how far the simulation moves when only tie rounding changes.
+
+    The pass criterion stays EVAL.md's 0.5 %; the floor tells whether a miss is float-order noise.
+    """
     token_ids = tok(text.eval_text, add_special_tokens=False).input_ids
     windows = eval_windows(token_ids, spec, bos_context_id(tok), text.name)
     record = {"windows": spec.windows, "seqlen": spec.seqlen, "corpus": text.name}
@@ -293,6 +298,8 @@ def _perplexities(portable: OrtLogits, simulated: SimulatedLogits | None, tok, t
         record["simulation_s"] = round(time.perf_counter() - start, 1)
         record["relative_difference"] = abs(record["portable"] / record["simulation"] - 1)
         record["passed"] = record["relative_difference"] <= PERPLEXITY_RTOL
+        record["floor"] = perplexity(floor, windows, progress).perplexity
+        record["floor_relative_difference"] = abs(record["floor"] / record["simulation"] - 1)
     return record
 
 
