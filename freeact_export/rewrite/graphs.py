@@ -27,7 +27,7 @@ from onnx import TensorProto
 from freeact_export.errors import UserError
 from freeact_export.onnx_in.graph import OnnxModel
 from freeact_export.ops import schema
-from freeact_export.plan import GroupPlan, Plan
+from freeact_export.plan import Plan
 from freeact_export.quantize.packing import pack_int4
 from freeact_export.rewrite.op_tensors import activation_tensors, weight_tensors
 from freeact_export.rewrite.type_graph import _Builder, token_types_tensor
@@ -50,8 +50,8 @@ def _f32_const(op: _Builder, values: np.ndarray) -> gs.Constant:
     return op.const(np.ascontiguousarray(values, dtype=np.float32))
 
 
-def _activation_path(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict, bits: int | None,
-                     d: int) -> tuple[gs.Variable, gs.Variable | None]:
+def _activation_path(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict,
+                     bits: int | None) -> tuple[gs.Variable, gs.Variable | None]:
     """Standard ops: (codes as float, per-token scale) or, without an activation quantizer, (x̃, None)."""
     y = op("Div", [x, _f32_const(op, act["smooth"])], dtype=np.float32)
     if act["kronecker"]:
@@ -118,14 +118,13 @@ def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
         members = [onnx_model.linears[lin.name] for lin in group.linears]
         op = _Builder(graph, f"freeact/g{index}")
         x = tensors[members[0].activation]
-        d = group.in_features
         group_types = op("Reshape", [types, op("Shape", [x], {"end": -1}, np.int64)], dtype=np.int32)
         act = activation_tensors(group, token_types.num_types)
         after += sum(a.nbytes for a in act.values() if isinstance(a, np.ndarray))
         if portable or bits is None:
-            codes, scale = _activation_path(op, x, group_types, act, bits, d)
+            codes, scale = _activation_path(op, x, group_types, act, bits)
         else:
-            codes, scale = _plugin_quantize(op, x, group_types, act, bits, group)
+            codes, scale = _plugin_quantize(op, x, group_types, act, bits)
         for j, (lin, member) in enumerate(zip(group.linears, members, strict=True)):
             wt = weight_tensors(lin, group)
             before += int(np.prod(tensors[member.weight].shape)) * tensors[member.weight].values.itemsize
@@ -157,8 +156,8 @@ def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
     return Rewritten(model, before, after, layers)
 
 
-def _plugin_quantize(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict, bits: int,
-                     group: GroupPlan) -> tuple[gs.Variable, gs.Variable]:
+def _plugin_quantize(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict,
+                     bits: int) -> tuple[gs.Variable, gs.Variable]:
     node = schema.make_node("FreeActQuantize", ["x", "types", "smooth", "kron_1", "kron_2", "masks", "clip"],
                             ["codes", "scale"], f"{op.prefix}/FreeActQuantize", bits=bits,
                             kronecker=int(act["kronecker"]))
