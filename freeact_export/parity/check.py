@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
 from freeact_export.config import EvalSpec
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import bos_context_id, eval_windows, perplexity
+from freeact_export.files import atomic_path
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten
 from freeact_export.ops.reference import session_options, unpack_int4
@@ -184,11 +184,6 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     start = time.perf_counter()
     G_LOGGER.module_severity = G_LOGGER.WARNING if progress else G_LOGGER.ERROR
     results = Comparator.run(runners, data_loader=feeds)
-    out = path / CHECK_DIR
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir()
-    save_json(feeds, str(out / "inputs.json"))
     names = [r.name for r in runners if r.name != FLOOR_RUNNER]
     floor = _compare(results, "simulation", FLOOR_RUNNER, [], False, feeds, True) if simulated else None
     atol = max(MIN_ATOL, FLOOR_ATOL_FACTOR * floor["logits_max_abs_diff"]) if floor else FALLBACK_ATOL
@@ -200,7 +195,6 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     logits_only = RunResults()  # saved: the activation codes (GBs for a real model) are summarised in check.json
     for name, iterations in results.items():
         logits_only.append((name, [IterationResult({"logits": it["logits"]}, runner_name=name) for it in iterations]))
-    logits_only.save(str(out / "outputs.json"))
     accuracy = Comparator.compare_accuracy(logits_only, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0),
                                            comparisons=pairs, fail_fast=False)
     record = {"kind": "check", "folder": str(path), "runners": names, "simulation_skipped": why_not,
@@ -213,7 +207,11 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     if eval_spec is not None:
         record["perplexity"] = _perplexities(portable_runner, simulated, floor_sim, tok, text, eval_spec, progress)
     record["passed"] = _passed(record)
-    (out / "check.json").write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_path(path / CHECK_DIR, overwrite=True) as out:  # a check replaces the previous one, whole
+        out.mkdir()
+        save_json(feeds, str(out / "inputs.json"))
+        logits_only.save(str(out / "outputs.json"))
+        (out / "check.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
