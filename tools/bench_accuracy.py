@@ -35,7 +35,8 @@ def _table(results: dict, rows: list[str], bits: list[str], header: str) -> str:
         cells = [results.get(f"{method}/{b}") for b in bits]
         ppl = [f"{c['eval']['perplexity']:.2f}" if c else "–" for c in cells]
         first = next((c for c in cells if c), None)
-        timing = f"{first['quantize_s']:.0f} s" if first else "–"
+        # A cell whose process was paused or shared the cores says so instead of a misleading time.
+        timing = "–" if not first else f"{first['quantize_s']:.0f} s" + (" *" if first.get("timing_note") else "")
         memory = f"{first['peak_rss_gb']:.1f} GB" if first else "–"
         lines.append(f"| {method} | {' | '.join(ppl)} | {timing} | {memory} |")
     return "\n".join(lines) + "\n"
@@ -95,7 +96,8 @@ def main() -> int:
     header = (f"{args.model}, {args.corpus} eval split, {fp['windows']} windows x {fp['seqlen']} tokens, "
               f"{fp['dtype']}, {fp['device']}; calibration preset {args.preset}, token types {rules[0]}, "
               f"seed {args.seed}; perplexity (lower is better); quantize time = calibration + planning of the "
-              f"first bit setting; peak RSS = the process's maximum up to that cell (it cannot be reset per cell)")
+              f"first bit setting (* = not representative, see the cell's timing_note); peak RSS = the process's "
+              f"maximum up to that cell (it cannot be reset per cell)")
     # The table and plot cover every cell the JSON holds, so resumed and chained runs build one table.
     cells = [key for key in results if key != "fp"]
     all_bits = [b for b in BITS_PRESETS if any(key.endswith(f"/{b}") for key in cells)]
