@@ -5,7 +5,8 @@ The output folder holds everything later stages need and nothing they must guess
   portable.onnx   the same plan in standard ONNX ops (what ONNX Runtime runs anywhere)
   plan/           the plan (plan.json + plan.safetensors)
   tokenizer + config files copied from the input folder, source.json (the input's export.json)
-  report.json     settings, timings, layer counts, weight bytes before/after, perplexities
+  report.json     settings, timings, layer counts, weight bytes before/after, layers left in float
+  check/          written by `freeact-export check` (parity and perplexities)
 """
 
 from __future__ import annotations
