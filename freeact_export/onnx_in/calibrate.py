@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from tqdm import tqdm
@@ -24,7 +23,7 @@ from freeact_export.config import CalibSpec
 from freeact_export.errors import UserError
 from freeact_export.onnx_in.feeds import PrefillFeeds
 from freeact_export.onnx_in.graph import OnnxModel
-from freeact_export.runtime.ort_lm import exact_session_options, providers_for
+from freeact_export.runtime.ort_lm import exact_session_options, providers_for, session_with_outputs
 from freeact_export.token_types import TokenTypes
 
 BATCH_BUDGET_BYTES = 1 << 30  # activations of all groups for one batch of windows
@@ -32,20 +31,11 @@ BATCH_BUDGET_BYTES = 1 << 30  # activations of all groups for one batch of windo
 
 def tapped_session(onnx_model: OnnxModel, tensors: list[str], device: str = "cpu") -> ort.InferenceSession:
     """A session of the graph with `tensors` added as outputs (the model file is not touched)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(onnx_model.model)
-    dtypes = {}
-    for lin in onnx_model.linears.values():
-        init = next(i for i in model.graph.initializer if i.name == lin.weight)
-        dtypes[lin.activation] = init.data_type
-    for name in tensors:
-        model.graph.output.append(onnx.helper.make_tensor_value_info(name, dtypes[name], None))
-    options = exact_session_options()
-    # Weights kept in external files stay where they are: ORT reads them from the model's folder.
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                     str(onnx_model.path.parent.resolve()))
+    weights = {i.name: i.data_type for i in onnx_model.model.graph.initializer}
+    dtypes = {lin.activation: weights[lin.weight] for lin in onnx_model.linears.values()}
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
+        session = session_with_outputs(onnx_model.model, onnx_model.path.parent, {t: dtypes[t] for t in tensors},
+                                       exact_session_options(), providers_for(device))
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types

@@ -98,8 +98,9 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
         plan.write_into(tmp / PLAN_DIR)
         start = time.perf_counter()
         files = {}
+        full = onnx.load(str(onnx_model.path))
         for name, portable in ((PLUGIN_GRAPH, False), (PORTABLE_GRAPH, True)):
-            rewritten = rewrite(onnx_model, plan, portable)
+            rewritten = rewrite(onnx_model, full, plan, portable)
             files[name] = save_graph(rewritten.model, tmp / name)
             del rewritten.model
         report.update(rewrite_s=round(time.perf_counter() - start, 1), files=files,

@@ -51,8 +51,8 @@ from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewrit
 from freeact_export.ops.reference import session_options, unpack_int4
 from freeact_export.parity.logits import sample_batches
 from freeact_export.plan import Plan
-from freeact_export.rewrite.graphs import weight_name
-from freeact_export.runtime.ort_lm import OrtLogits, exact_session_options
+from freeact_export.rewrite.graphs import codes_name, weight_name
+from freeact_export.runtime.ort_lm import OrtLogits, exact_session_options, session_with_outputs
 from freeact_export.simulate.fake_quant import SimulatedLogits
 
 # Logits tolerance. Two fp32 pipelines that differ only in summation order agree to ~1e-6 of
@@ -73,11 +73,6 @@ TIE_CODES, TIE_FRACTION = 8, 1e-4
 PERPLEXITY_RTOL = 0.005
 CHECK_DIR = "check"
 CORPUS_WINDOW = 256
-
-
-def codes_name(index: int) -> str:
-    """The tensor holding group `index`'s activation codes in both graphs (packed in the plugin one)."""
-    return f"freeact/g{index}/codes"
 
 
 class SimulationRunner(BaseRunner):
@@ -119,14 +114,8 @@ class SimulationRunner(BaseRunner):
 
 def _tapped_session(path: Path, options: ort.SessionOptions, extra: list[str]):
     """A loader (for OnnxrtRunner) of the graph with `extra` tensors added as outputs."""
-    def load() -> ort.InferenceSession:
-        model = onnx.load(str(path))
-        names = {o.name for o in model.graph.output}
-        for name in extra:
-            if name not in names:
-                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return load
+    return lambda: session_with_outputs(onnx.load(str(path), load_external_data=False), path.parent,
+                                        dict.fromkeys(extra), options, ["CPUExecutionProvider"])
 
 
 def plugin_session_options() -> ort.SessionOptions:
@@ -160,7 +149,7 @@ def _check_weights(folder: Path, plan: Plan) -> dict:
 def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | None = EvalSpec(),
           progress: bool = True) -> dict:
     """Run the three-way comparison and (unless eval_spec is None) both perplexities; write DIR/check/."""
-    path, plan, report = load_rewritten(folder)
+    path, plan, _ = load_rewritten(folder)
     source = ModelSource(str(path), "onnx", path / PORTABLE_GRAPH, path)
     tok = load_tokenizer(source)
     text = resolve_corpus(corpus)

@@ -30,7 +30,7 @@ from freeact_export.ops import schema
 from freeact_export.plan import Plan
 from freeact_export.quantize.packing import pack_int4
 from freeact_export.rewrite.op_tensors import activation_tensors, weight_tensors
-from freeact_export.rewrite.type_graph import _Builder, token_types_tensor
+from freeact_export.rewrite.type_graph import Builder, token_types_tensor
 from freeact_export.token_types import TokenTypes
 
 OPSET = 21  # INT4 and blocked DequantizeLinear
@@ -46,11 +46,11 @@ class Rewritten:
     layers: int
 
 
-def _f32_const(op: _Builder, values: np.ndarray) -> gs.Constant:
+def _f32_const(op: Builder, values: np.ndarray) -> gs.Constant:
     return op.const(np.ascontiguousarray(values, dtype=np.float32))
 
 
-def _activation_path(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict,
+def _activation_path(op: Builder, index: int, x: gs.Variable, types: gs.Variable, act: dict,
                      bits: int | None) -> tuple[gs.Variable, gs.Variable | None]:
     """Standard ops: (codes as float, per-token scale) or, without an activation quantizer, (x̃, None)."""
     y = op("Div", [x, _f32_const(op, act["smooth"])], dtype=np.float32)
@@ -78,8 +78,13 @@ def _activation_path(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict
     codes = op("Clip", [op("Round", [op("Div", [y, scale], dtype=np.float32)], dtype=np.float32),
                         _f32_const(op, np.array(-qmax - 1.0)), _f32_const(op, np.array(float(qmax)))],
                dtype=np.float32)
-    codes.name, scale.name = f"{op.prefix}/codes", f"{op.prefix}/scale"  # found by name in parity checks
+    codes.name, scale.name = codes_name(index), f"{op.prefix}/scale"  # found by name in parity checks
     return codes, scale
+
+
+def codes_name(group: int) -> str:
+    """The tensor holding a group's activation codes in both graphs (packed INT4 in the plugin one)."""
+    return f"freeact/g{group}/codes"
 
 
 def weight_name(group: int, linear: int, portable: bool) -> str:
@@ -87,7 +92,7 @@ def weight_name(group: int, linear: int, portable: bool) -> str:
     return f"freeact/g{group}/l{linear}/" + ("weight_int4" if portable else "weight")
 
 
-def _dequantized_weight(op: _Builder, name: str, codes: torch.Tensor, wt: dict,
+def _dequantized_weight(op: Builder, name: str, codes: torch.Tensor, wt: dict,
                         int4_inits: list[onnx.TensorProto]) -> gs.Variable:
     """DequantizeLinear of the INT4 weight stored [d, n] (input-major, so MatMul needs no transpose)."""
     n, d = codes.shape
@@ -104,9 +109,12 @@ def _dequantized_weight(op: _Builder, name: str, codes: torch.Tensor, wt: dict,
     return op("DequantizeLinear", [weight, scale_const], attrs, np.float32)
 
 
-def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
-    """The plugin graph (portable=False) or the portable graph of `plan` on `onnx_model`."""
-    full = onnx.load(str(onnx_model.path))
+def rewrite(onnx_model: OnnxModel, full: onnx.ModelProto, plan: Plan, portable: bool) -> Rewritten:
+    """The plugin graph (portable=False) or the portable graph of `plan` on `onnx_model`.
+
+    Args:
+        full: the graph with its weight data loaded (not modified: both graphs start from it).
+    """
     graph = gs.import_onnx(full)
     tensors = graph.tensors()
     token_types = TokenTypes.parse(plan.token_types)
@@ -116,15 +124,15 @@ def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
     before = after = layers = 0
     for index, group in enumerate(plan.groups):
         members = [onnx_model.linears[lin.name] for lin in group.linears]
-        op = _Builder(graph, f"freeact/g{index}")
+        op = Builder(graph, f"freeact/g{index}")
         x = tensors[members[0].activation]
         group_types = op("Reshape", [types, op("Shape", [x], {"end": -1}, np.int64)], dtype=np.int32)
         act = activation_tensors(group, token_types.num_types)
         after += sum(a.nbytes for a in act.values() if isinstance(a, np.ndarray))
         if portable or bits is None:
-            codes, scale = _activation_path(op, x, group_types, act, bits)
+            codes, scale = _activation_path(op, index, x, group_types, act, bits)
         else:
-            codes, scale = _plugin_quantize(op, x, group_types, act, bits)
+            codes, scale = _plugin_quantize(op, index, x, group_types, act, bits)
         for j, (lin, member) in enumerate(zip(group.linears, members, strict=True)):
             wt = weight_tensors(lin, group)
             before += int(np.prod(tensors[member.weight].shape)) * tensors[member.weight].values.itemsize
@@ -156,18 +164,18 @@ def rewrite(onnx_model: OnnxModel, plan: Plan, portable: bool) -> Rewritten:
     return Rewritten(model, before, after, layers)
 
 
-def _plugin_quantize(op: _Builder, x: gs.Variable, types: gs.Variable, act: dict,
+def _plugin_quantize(op: Builder, index: int, x: gs.Variable, types: gs.Variable, act: dict,
                      bits: int) -> tuple[gs.Variable, gs.Variable]:
     node = schema.make_node("FreeActQuantize", ["x", "types", "smooth", "kron_1", "kron_2", "masks", "clip"],
                             ["codes", "scale"], f"{op.prefix}/FreeActQuantize", bits=bits,
                             kronecker=int(act["kronecker"]))
     consts = [_f32_const(op, act[k]) for k in ("smooth", "kron_1", "kron_2", "masks", "clip")]
     codes, scale = _schema_layer(op, node, [x, types, *consts], [np.int8, np.float32])
-    codes.name, scale.name = f"{op.prefix}/codes", f"{op.prefix}/scale"  # as in the portable graph
+    codes.name, scale.name = codes_name(index), f"{op.prefix}/scale"  # as in the portable graph
     return codes, scale
 
 
-def _schema_layer(op: _Builder, node: onnx.NodeProto, inputs: list, dtypes: list) -> list[gs.Variable]:
+def _schema_layer(op: Builder, node: onnx.NodeProto, inputs: list, dtypes: list) -> list[gs.Variable]:
     """Add a node made (and validated) by ops.schema to the gs graph."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}

@@ -16,7 +16,7 @@ from freeact_export.errors import UserError
 from freeact_export.token_types import TokenTypes
 
 
-class _Builder:
+class Builder:
     """Adds nodes with unique names under one prefix."""
 
     def __init__(self, graph: gs.Graph, prefix: str):
@@ -40,7 +40,7 @@ def token_types_tensor(graph: gs.Graph, token_types: TokenTypes) -> gs.Variable:
     inputs = {t.name: t for t in graph.inputs}
     if "input_ids" not in inputs:
         raise UserError("the graph has no input_ids input: token types cannot be computed in the graph")
-    op = _Builder(graph, "freeact/token_types")
+    op = Builder(graph, "freeact/token_types")
     ids = op("Cast", [inputs["input_ids"]], {"to": TensorProto.INT64}, np.int64)
     types = op("ConstantOfShape", [op("Shape", [ids], dtype=np.int64)],
                {"value": gs.Constant("zero", np.zeros(1, np.int32))}, np.int32)
@@ -65,7 +65,7 @@ def token_types_tensor(graph: gs.Graph, token_types: TokenTypes) -> gs.Variable:
     return types
 
 
-def _positions(op: _Builder, inputs: dict, ids: gs.Variable) -> gs.Variable:
+def _positions(op: Builder, inputs: dict, ids: gs.Variable) -> gs.Variable:
     """int64 positions, broadcastable to [batch, seq]."""
     if "position_ids" in inputs:
         return op("Cast", [inputs["position_ids"]], {"to": TensorProto.INT64}, np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -26,6 +27,26 @@ def exact_session_options() -> ort.SessionOptions:
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     options.log_severity_level = 3
     return options
+
+
+def session_with_outputs(model: onnx.ModelProto, folder: Path, outputs: dict[str, int | None],
+                         options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """A session of `model` with extra graph outputs (name → elem type, None = let ORT infer it).
+
+    The model file is not touched; weights kept in external files are read where they are
+    (ORT's external-initializer folder), so no graph bigger than protobuf's limit is rewritten.
+    """
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    known = {o.name for o in tapped.graph.output}
+    for name, elem in outputs.items():
+        if name not in known:
+            info = (onnx.helper.make_empty_tensor_value_info(name) if elem is None
+                    else onnx.helper.make_tensor_value_info(name, elem, None))
+            tapped.graph.output.append(info)
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(Path(folder).resolve()))
+    return ort.InferenceSession(tapped.SerializeToString(), options, providers=providers)
 
 
 def providers_for(device: str) -> list[str]:
