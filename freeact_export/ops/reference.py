@@ -48,7 +48,7 @@ def kron_apply(x: np.ndarray, kron_1: np.ndarray, kron_2: np.ndarray) -> np.ndar
 
 def freeact_transform(x: np.ndarray, types: np.ndarray, smooth: np.ndarray, kron_1: np.ndarray,
                       kron_2: np.ndarray, masks: np.ndarray, kronecker: int = 1) -> np.ndarray:
-    """y = ((x / smooth) (kron_1 ⊗ kron_2)) ⊙ masks[types] in float32: FreeActQuantize before rounding."""
+    """y = ((x / smooth) (kron_1[t] ⊗ kron_2[t])) ⊙ masks[t] in float32: FreeActQuantize before rounding."""
     d = x.shape[-1]
     if types.shape != x.shape[:-1]:
         raise ValueError(f"types {types.shape} must have the leading shape of x {x.shape}")
@@ -58,9 +58,17 @@ def freeact_transform(x: np.ndarray, types: np.ndarray, smooth: np.ndarray, kron
         raise ValueError(f"token types must lie in [0, {masks.shape[0]})")
     y = x.astype(np.float32) / smooth.astype(np.float32)
     if kronecker:
-        if kron_1.shape[0] * kron_2.shape[0] != d:
+        if kron_1.shape[-1] * kron_2.shape[-1] != d or kron_1.ndim != kron_2.ndim:
             raise ValueError(f"kron_1 {kron_1.shape} ⊗ kron_2 {kron_2.shape} does not act on d = {d}")
-        y = kron_apply(y, kron_1.astype(np.float32), kron_2.astype(np.float32))
+        if kron_1.ndim == 2:  # one pair shared by every type
+            y = kron_apply(y, kron_1.astype(np.float32), kron_2.astype(np.float32))
+        else:  # one pair per type: each token takes its type's pair
+            if kron_1.shape[0] != masks.shape[0] or kron_2.shape[0] != masks.shape[0]:
+                raise ValueError(f"per-type kron_1 {kron_1.shape} / kron_2 {kron_2.shape} need one pair per "
+                                 f"type ({masks.shape[0]})")
+            per_type = np.stack([kron_apply(y, kron_1[t].astype(np.float32), kron_2[t].astype(np.float32))
+                                 for t in range(masks.shape[0])])
+            y = np.take_along_axis(per_type, types[None, ..., None].astype(np.int64), axis=0)[0]
     return y * masks.astype(np.float32)[types]
 
 

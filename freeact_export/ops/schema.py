@@ -102,8 +102,9 @@ FREEACT_QUANTIZE = OpSchema(
     version=1,
     doc=(
         "Per-token activation transform and symmetric quantization, in float32: "
-        "y = ((x / smooth) (kron_1 ⊗ kron_2)) ⊙ masks[types], with v (A ⊗ B) = vec(Aᵀ V B) for V = v viewed "
-        "row-major [d1, d2]; scale = (amax(|y|) · clip[types]) / qmax (1 where that is 0), qmax = 7 or 127; "
+        "y = ((x / smooth) (kron_1[t] ⊗ kron_2[t])) ⊙ masks[t] for a token of type t (one shared pair of "
+        "factors when they have no type axis), with v (A ⊗ B) = vec(Aᵀ V B) for V = v viewed row-major [d1, d2]; "
+        "scale = (amax(|y|) · clip[types]) / qmax (1 where that is 0), qmax = 7 or 127; "
         "codes = clamp(round_half_to_even(y / scale), -qmax - 1, qmax). Equals "
         "quantize(y, QuantSpec(bits, True, 'token'), clip[types]) code for code."
     ),
@@ -111,8 +112,10 @@ FREEACT_QUANTIZE = OpSchema(
         TensorSpec("x", ("float32", "float16"), "[..., d]", "activations; leading dims are tokens; cast to float32"),
         TensorSpec("types", ("int32",), "[...]", "token type per token (leading shape of x), in [0, K)"),
         TensorSpec("smooth", ("float32",), "[d]", "x is divided by it; may be negative (Hadamard signs folded in)"),
-        TensorSpec("kron_1", ("float32",), "[d1, d1]", "left Kronecker factor; [[1.]] and ignored when kronecker=0"),
-        TensorSpec("kron_2", ("float32",), "[d2, d2]", "right Kronecker factor, d1 * d2 = d; [[1.]] when kronecker=0"),
+        TensorSpec("kron_1", ("float32",), "[d1, d1] or [K, d1, d1]",
+                   "left Kronecker factor, shared or one per token type; [[1.]] and ignored when kronecker=0"),
+        TensorSpec("kron_2", ("float32",), "[d2, d2] or [K, d2, d2]",
+                   "right Kronecker factor, d1 * d2 = d, with kron_1's type axis; [[1.]] when kronecker=0"),
         TensorSpec("masks", ("float32",), "[K, d]", "0/1 mask per token type (all ones where the plan has none)"),
         TensorSpec("clip", ("float32",), "[K]", "activation clip ratio per token type, in (0, 1]"),
     ),
