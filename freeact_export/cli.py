@@ -154,7 +154,8 @@ def _add_quantize(sub) -> None:
             methods: rtn (no transform), smoothquant (alpha 0.5), quarot (randomised Hadamard
             on every linear group's input), smoothrot (smoothing alpha 0.5, then Hadamard),
             flatquant (learned Kronecker transform, smoothing and clipping, one type), freeact
-            (the same shared weight transform with per-type activation masks). Append +gptq
+            (the same shared weight transform with per-type activation masks), freeact-general
+            (per-type activation factors A_k1 ⊗ A_k2 on the one shared weight fold). Append +gptq
             to any method to quantize its transformed weights with GPTQ (e.g. quarot+gptq).
             bits (EVAL.md): w4a4 / w4a8 = INT4 per-channel weights, INT4 / INT8 per-token
             activations; w4a16 = INT4 weights in groups of 128, float activations.

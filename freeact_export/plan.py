@@ -26,7 +26,9 @@ PLAN_VERSION = 1
 TRANSFORM_KINDS = ("identity", "dense", "kronecker", "hadamard")
 # Tensor keys of the online transform (smoothing and T), then every key a group may hold
 # (besides per-linear "w{i}.codes|scale|zero|bias").
-ONLINE_TENSORS = ("smooth", "matrix", "kron_1", "kron_2", "signs")
+# "type_kron_1|2" are per-type activation factors (FreeAct's general variant); the weights are
+# folded with the shared "kron_1|2" alone.
+ONLINE_TENSORS = ("smooth", "matrix", "kron_1", "kron_2", "signs", "type_kron_1", "type_kron_2")
 GROUP_TENSORS = (*ONLINE_TENSORS, "masks", "clip")
 
 
@@ -49,7 +51,9 @@ class GroupPlan:
         name / in_features: as in calibration.
         transform: one of TRANSFORM_KINDS (see the module docstring).
         tensors: "smooth" [d]; "matrix" [d, d] | "kron_1" [d1, d1] + "kron_2" [d2, d2] |
-            "signs" [d]; "masks" [K, d] (0/1, absent = all ones); "clip" [K] activation clip.
+            "signs" [d]; "masks" [K, d] (0/1, absent = all ones); "clip" [K] activation clip;
+            "type_kron_1" [K, d1, d1] + "type_kron_2" [K, d2, d2] (kronecker only): type k's tokens
+            take these factors instead of the shared pair, which still folds the weights.
         linears: the consumers, in module order.
         weight_spec: their weights' quantizer (W4A16 uses groups of 128 only where d allows).
     """

@@ -16,6 +16,13 @@ first without masks; then the dedicated blocks (at most r_k = d · dedicated_fra
 are taken in the learned basis, only where the other types keep less than `MAX_LEAK` of their
 mean energy per dimension; the second half runs both with and without these masks, and the
 lower final objective wins. The masks are kept only where they pay.
+
+The general per-type variant (`per_type=True`, method "freeact-general") replaces the masks by
+per-type activation factors: type k's tokens take x̃_k = (x / s)(A_k1 ⊗ A_k2) while the weights
+keep the one shared fold W diag(s)(P1 ⊗ P2)⁻ᵀ. Exact whenever A_k − P maps type k's row space to
+zero (X_k A_k = X_k P), a set far larger than {A_k = P} for rank-deficient types such as
+attention sinks (DESIGN.md: Penrose's solution set). The A_k start from the first half's learned
+P and are learned with it in the second half, against the shared branch; the lower objective wins.
 """
 
 from __future__ import annotations
@@ -83,6 +90,8 @@ class _Learner(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, smooth: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
                  num_types: int):
         super().__init__()
+        self.a1: torch.nn.Parameter | None = None  # per-type activation factors (general variant)
+        self.a2: torch.nn.Parameter | None = None
         self.register_buffer("weight", weight)
         self.p1 = torch.nn.Parameter(p1.float().clone())
         self.p2 = torch.nn.Parameter(p2.float().clone())
@@ -94,20 +103,29 @@ class _Learner(torch.nn.Module):
         smooth = self.log_smooth.exp()
         return kron_apply(self.weight * smooth, torch.linalg.inv(self.p1).T, torch.linalg.inv(self.p2).T)
 
-    def activations(self, x: torch.Tensor) -> torch.Tensor:
-        return kron_apply(x / self.log_smooth.exp(), self.p1, self.p2)
+    def split_per_type(self, num_types: int) -> None:
+        """Give every type its own activation factors, starting from the shared ones."""
+        self.a1 = torch.nn.Parameter(self.p1.detach().expand(num_types, -1, -1).clone())
+        self.a2 = torch.nn.Parameter(self.p2.detach().expand(num_types, -1, -1).clone())
+
+    def activations(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Type k's transformed activations (before masks and quantization)."""
+        a1, a2 = (self.p1, self.p2) if self.a1 is None else (self.a1[k], self.a2[k])
+        return kron_apply(x / self.log_smooth.exp(), a1, a2)
 
 
 def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.Tensor], weight_spec: QuantSpec,
                   act_spec: QuantSpec | None, spec: FreeActSpec, single_type: bool,
-                  seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
+                  seed: int, per_type: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
     """Learn one group's transform.
 
     Args:
         single_type: pool all types (FlatQuant-style): no masks.
+        per_type: the general variant: per-type activation factors instead of masks.
 
     Returns:
-        tensors: plan tensors ("smooth", "kron_1", "kron_2", "clip" [K], and "masks" [K, d] where they paid).
+        tensors: plan tensors ("smooth", "kron_1", "kron_2", "clip" [K], and "masks" [K, d] or
+            "type_kron_1" [K, d1, d1] + "type_kron_2" [K, d2, d2] where they paid).
         weight_clip: learned per-output-channel clip [n, 1] for quantizing the folded weight.
         info: objective before and after learning.
     """
@@ -134,7 +152,7 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
         w_q = fake_quantize(model.folded_weight(), weight_spec, torch.sigmoid(model.weight_clip))
         loss = torch.zeros(())
         for k, idx in enumerate(batches):
-            x = model.activations(samples[k][idx]) * masks[k]
+            x = model.activations(samples[k][idx], k) * masks[k]
             if act_spec is not None:
                 x = fake_quantize(x, act_spec, torch.sigmoid(model.act_clip[k]))
             loss = loss + weights_k[k] * (x @ w_q.T - targets[k][idx]).pow(2).mean()
@@ -157,20 +175,23 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
     no_masks = torch.ones(num_types, d)
     with torch.no_grad():
         before = float(objective(learner, no_masks, everything))
-    first = spec.steps // 2 if num_types > 1 and spec.dedicated_fraction > 0 else spec.steps
+    splits = num_types > 1 and (per_type or spec.dedicated_fraction > 0)
+    first = spec.steps // 2 if splits else spec.steps
     after = learn(learner, no_masks, first, gen)
     masks = no_masks
-    if first < spec.steps:  # second half with and without masks chosen in the learned basis
+    if first < spec.steps:  # second half: the shared branch against masks or per-type factors
         with torch.no_grad():
-            energy = torch.stack([learner.activations(x).double().pow(2).mean(0) for x in samples])
-        candidate = type_masks(energy, spec.dedicated_fraction, MAX_LEAK).float()
-        masked = copy.deepcopy(learner)
+            energy = torch.stack([learner.activations(x, k).double().pow(2).mean(0) for k, x in enumerate(samples)])
+        candidate = no_masks if per_type else type_masks(energy, spec.dedicated_fraction, MAX_LEAK).float()
+        branch = copy.deepcopy(learner)
+        if per_type:
+            branch.split_per_type(num_types)
         branch_seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         after = learn(learner, no_masks, spec.steps - first, torch.Generator().manual_seed(branch_seed))
-        if not bool((candidate == 1).all()):
-            after_masked = learn(masked, candidate, spec.steps - first, torch.Generator().manual_seed(branch_seed))
-            if after_masked < after:
-                learner, masks, after = masked, candidate, after_masked
+        if per_type or not bool((candidate == 1).all()):
+            after_branch = learn(branch, candidate, spec.steps - first, torch.Generator().manual_seed(branch_seed))
+            if after_branch < after:
+                learner, masks, after = branch, candidate, after_branch
     with torch.no_grad():
         act_clip = torch.sigmoid(learner.act_clip)
         if single_type:
@@ -179,7 +200,9 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
                    "kron_2": learner.p2.detach(), "clip": act_clip.detach().clone()}
         if not bool((masks == 1).all()):  # all-ones masks (one type, or masks that did not pay) are not stored
             tensors["masks"] = masks
+        if learner.a1 is not None:
+            tensors["type_kron_1"], tensors["type_kron_2"] = learner.a1.detach(), learner.a2.detach()
         weight_clip = torch.sigmoid(learner.weight_clip).detach().double()
     kept = masks.sum(dim=1).tolist()
     return tensors, weight_clip, {"group": group_name, "objective_before": before, "objective_after": after,
-                                  "kept_dims_per_type": kept}
+                                  "kept_dims_per_type": kept, "per_type_factors": learner.a1 is not None}

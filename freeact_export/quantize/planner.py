@@ -17,7 +17,7 @@ from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
 from freeact_export.quantize.quantizers import quantize
 from freeact_export.transforms.apply import weight_side
 
-LEARNED = ("flatquant", "freeact")
+LEARNED = ("flatquant", "freeact", "freeact-general")
 TRANSFORMS = (*BASELINES, *LEARNED)
 # "astro" reshapes the weights (no transform; weight-only), then rounds them to nearest.
 # "<method>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
@@ -89,7 +89,7 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
         if base in LEARNED:
             kind = "kronecker"
             tensors, weight_clip, info = learn_freeact(group.name, stats, group_weights, weight_spec, act_spec, freeact,
-                                                       base == "flatquant", group_seed)
+                                                       base == "flatquant", group_seed, base == "freeact-general")
             learned.append(info)
         else:
             kind, tensors = baseline_transform("rtn" if base == "astro" else base, group.name, stats, group_weights,

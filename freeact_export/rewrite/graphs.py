@@ -50,18 +50,31 @@ def _f32_const(op: Builder, values: np.ndarray) -> gs.Constant:
     return op.const(np.ascontiguousarray(values, dtype=np.float32))
 
 
+def _kron_apply(op: Builder, x: gs.Variable, y: gs.Variable, kron_1: np.ndarray, kron_2: np.ndarray) -> gs.Variable:
+    """y (K1 ⊗ K2) as K1ᵀ Y K2 on y viewed [..., d1, d2] (x gives the shape)."""
+    d1, d2 = kron_1.shape[0], kron_2.shape[0]
+    lead = op("Shape", [x], {"end": -1}, np.int64)
+    grid = op("Reshape", [y, op("Concat", [lead, op.const(np.array([d1, d2]))], {"axis": 0}, np.int64)],
+              dtype=np.float32)
+    grid = op("MatMul", [grid, _f32_const(op, kron_2)], dtype=np.float32)  # X K2
+    grid = op("MatMul", [_f32_const(op, kron_1.T), grid], dtype=np.float32)  # K1ᵀ X K2
+    return op("Reshape", [grid, op("Shape", [x], dtype=np.int64)], dtype=np.float32)
+
+
 def _activation_path(op: Builder, index: int, x: gs.Variable, types: gs.Variable, act: dict,
                      bits: int | None) -> tuple[gs.Variable, gs.Variable | None]:
     """Standard ops: (codes as float, per-token scale) or, without an activation quantizer, (x̃, None)."""
     y = op("Div", [x, _f32_const(op, act["smooth"])], dtype=np.float32)
-    if act["kronecker"]:
-        d1, d2 = act["kron_1"].shape[0], act["kron_2"].shape[0]
-        lead = op("Shape", [x], {"end": -1}, np.int64)
-        grid = op("Reshape", [y, op("Concat", [lead, op.const(np.array([d1, d2]))], {"axis": 0}, np.int64)],
-                  dtype=np.float32)
-        grid = op("MatMul", [grid, _f32_const(op, act["kron_2"])], dtype=np.float32)  # X K2
-        grid = op("MatMul", [_f32_const(op, act["kron_1"].T), grid], dtype=np.float32)  # K1ᵀ X K2
-        y = op("Reshape", [grid, op("Shape", [x], dtype=np.int64)], dtype=np.float32)
+    if act["kronecker"] and act["kron_1"].ndim == 3:  # per-type factors: every type's result, each token picks its own
+        picked = None
+        for k in range(act["kron_1"].shape[0]):
+            y_k = _kron_apply(op, x, y, act["kron_1"][k], act["kron_2"][k])
+            is_k = op("Unsqueeze", [op("Equal", [types, op.const(np.array(k, dtype=np.int32))], dtype=bool),
+                                    op.const(np.array([-1]))], dtype=bool)
+            picked = y_k if picked is None else op("Where", [is_k, y_k, picked], dtype=np.float32)
+        y = picked
+    elif act["kronecker"]:
+        y = _kron_apply(op, x, y, act["kron_1"], act["kron_2"])
     y = op("Mul", [y, op("Gather", [_f32_const(op, act["masks"]), types], {"axis": 0}, np.float32)], dtype=np.float32)
     if bits is None:
         return y, None

@@ -44,7 +44,9 @@ def activation_tensors(group: GroupPlan, num_types: int) -> dict[str, np.ndarray
     if group.transform == "identity":
         k1, k2, kronecker = one, one, 0
     elif group.transform == "kronecker":
-        k1, k2, kronecker = t["kron_1"].numpy(), t["kron_2"].numpy(), 1
+        per_type = "type_kron_1" in t  # the general FreeAct variant: the activations' own factors per type
+        k1 = t["type_kron_1" if per_type else "kron_1"].numpy()
+        k2, kronecker = t["type_kron_2" if per_type else "kron_2"].numpy(), 1
     elif group.transform == "dense":
         k1, k2, kronecker = t["matrix"].numpy(), one, 1
     elif group.transform == "hadamard":

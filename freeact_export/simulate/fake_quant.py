@@ -1,7 +1,8 @@
 """Explicit fake-quant modules that execute a Plan inside the PyTorch model.
 
 Each group's consumers are replaced by SimLinear modules sharing one ActivationPath, which
-computes x̃ = Q_a(((x / s) T) ⊙ mask[type]; clip[type]) once per input tensor. Weights are the
+computes x̃ = Q_a(((x / s) T[type]) ⊙ mask[type]; clip[type]) once per input tensor (T[type] = T
+unless the plan has per-type factors). Weights are the
 plan's codes times scales, so the simulation computes exactly what the integer kernels do up
 to float summation order.
 """
@@ -20,7 +21,7 @@ from freeact_export.module_surgery import swap_module
 from freeact_export.plan import ONLINE_TENSORS, GroupPlan, Plan
 from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize, quantize
 from freeact_export.token_types import TokenTypes
-from freeact_export.transforms.apply import activation_side
+from freeact_export.transforms.apply import typed_activation_side
 
 
 class ActivationPath(torch.nn.Module):
@@ -48,7 +49,7 @@ class ActivationPath(torch.nn.Module):
                 self._last = None
             return y
         types = self.context.types.to(x.device).reshape(x.shape[:-1]).long()
-        y = activation_side(x.to(self.compute_dtype), self.kind, self.transform_tensors)
+        y = typed_activation_side(x.to(self.compute_dtype), types, self.kind, self.transform_tensors)
         if self.masks is not None:
             y = y * self.masks.to(y.device)[types]
         if self.act_spec is not None:

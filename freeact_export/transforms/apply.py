@@ -18,6 +18,26 @@ def kron_apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return torch.einsum("...ij,ik,jl->...kl", grid, a.to(x.dtype), b.to(x.dtype)).reshape(x.shape)
 
 
+def for_type(tensors: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """The transform tensors type k's tokens use: the plan's per-type Kronecker factors where it has them."""
+    if "type_kron_1" not in tensors:
+        return tensors
+    return {**tensors, "kron_1": tensors["type_kron_1"][k], "kron_2": tensors["type_kron_2"][k]}
+
+
+def typed_activation_side(x: torch.Tensor, types: torch.Tensor, kind: str,
+                          tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """activation_side with each token's own type's factors (types: x's leading shape, ints)."""
+    if "type_kron_1" not in tensors:
+        return activation_side(x, kind, tensors)
+    y = torch.empty_like(x)
+    for k in range(tensors["type_kron_1"].shape[0]):
+        chosen = types == k
+        if bool(chosen.any()):
+            y[chosen] = activation_side(x[chosen], kind, for_type(tensors, k))
+    return y
+
+
 def transform(x: torch.Tensor, kind: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """x T over the last dim (no smoothing, no mask)."""
     if kind == "identity":
@@ -59,13 +79,13 @@ def weight_side(w: torch.Tensor, kind: str, tensors: dict[str, torch.Tensor]) ->
 def type_matrices(kind: str, tensors: dict[str, torch.Tensor], num_types: int, d: int) -> torch.Tensor:
     """Dense per-type activation matrices T_k [K, d, d] (float64) with x̃_k = x T_k.
 
-    T_k = diag(1/s) T diag(m_k): smoothing, the shared transform and type k's mask, whichever the
-    plan holds. For analysis (Hessians, difficulty), not for the run-time path, which never
+    T_k = diag(1/s) T_k diag(m_k): smoothing, the transform (shared, or type k's own factors) and
+    type k's mask, whichever the plan holds. For analysis (Hessians, difficulty), not for the run-time path, which never
     forms these matrices.
     """
     online = {k: v.double() for k, v in tensors.items() if k in ONLINE_TENSORS}
-    shared = activation_side(torch.eye(d, dtype=torch.float64), kind, online)
-    mats = shared.expand(num_types, d, d).clone()
+    eye = torch.eye(d, dtype=torch.float64)
+    mats = torch.stack([activation_side(eye, kind, for_type(online, k)) for k in range(num_types)])
     if "masks" in tensors:
         mats = mats * tensors["masks"].double()[:, None, :]
     return mats

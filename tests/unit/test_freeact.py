@@ -1,5 +1,7 @@
 """FreeAct's masked transform: exact when a type avoids the other types' dedicated dimensions,
-with an error that grows with the energy leaking there; learning lowers the objective."""
+with an error that grows with the energy leaking there; the general variant's per-type factors:
+exact where they differ from the shared ones only outside a type's row space; learning lowers
+the objective."""
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch
 from freeact_export.calibrate.stats import TypeStats
 from freeact_export.config import FreeActSpec, QuantSpec
 from freeact_export.quantize.freeact import kron_dims, learn_freeact, type_masks
-from freeact_export.transforms.apply import kron_apply
+from freeact_export.transforms.apply import kron_apply, type_matrices, typed_activation_side
 from freeact_export.transforms.hadamard import random_orthogonal
 
 D1, D2 = 4, 8
@@ -101,3 +103,53 @@ def test_learning_lowers_the_objective(single_type):
     assert len(kept) == (1 if single_type else 2)
     assert ("masks" in tensors) == (min(kept) < D)  # stored exactly when the masked branch won
 
+
+
+def _per_type_error(leak: float) -> float:
+    """Relative output error of type-1 tokens whose factors differ from the shared ones where the type
+    has (almost) no energy: x viewed [D1, D2] lives in columns < 3, plus `leak` elsewhere."""
+    gen = torch.Generator().manual_seed(1)
+    p1, p2 = random_orthogonal(D1, 0).double(), random_orthogonal(D2, 1).double()
+    grid = torch.randn(50, D1, D2, dtype=torch.float64, generator=gen)
+    grid[:, :, 3:] *= leak
+    x = grid.reshape(50, D)
+    # A_2 = P_2 + E with E's rows >= 3 only: X A = X P for every X confined to columns < 3.
+    e = torch.zeros(D2, D2, dtype=torch.float64)
+    e[3:] = torch.randn(D2 - 3, D2, dtype=torch.float64, generator=gen)
+    tensors = {"kron_1": p1, "kron_2": p2, "type_kron_1": torch.stack([p1, p1]),
+               "type_kron_2": torch.stack([p2, p2 + e])}
+    w = torch.randn(6, D, dtype=torch.float64, generator=gen)
+    w_folded = kron_apply(w, torch.linalg.inv(p1).T, torch.linalg.inv(p2).T)  # one shared weight: W P⁻ᵀ
+    approx = typed_activation_side(x, torch.ones(50, dtype=torch.long), "kronecker", tensors) @ w_folded.T
+    dense = x @ type_matrices("kronecker", tensors, 2, D)[1] @ w_folded.T  # the analysis path agrees
+    assert torch.allclose(approx, dense, atol=1e-9)
+    return float(torch.linalg.norm(approx - x @ w.T) / torch.linalg.norm(x @ w.T))
+
+
+def test_per_type_factors_are_exact_on_the_types_row_space():
+    assert _per_type_error(0.0) < 1e-6
+
+
+def test_per_type_factor_error_grows_with_energy_outside_the_row_space():
+    errors = [_per_type_error(leak) for leak in (0.0, 0.01, 0.1, 1.0)]
+    assert errors == sorted(errors) and errors[-1] > 0.1
+
+
+def test_general_variant_learns_per_type_factors_for_a_low_rank_type():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, D, generator=gen)
+    sinks = torch.randn(40, 2, generator=gen) @ torch.randn(2, D, generator=gen) * 30.0  # rank 2, massive
+    w = torch.randn(24, D, generator=gen)
+    stats = []
+    for part in (x, sinks):
+        s = TypeStats.empty(D)
+        s.add(part, keep=len(part), generator=gen)
+        stats.append(s)
+    args = ("g", stats, [w], QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"),
+            FreeActSpec(steps=200, lr=3e-2, type_weighting="equal"), False)
+    tensors, _, info = learn_freeact(*args, seed=0, per_type=True)
+    shared, _, shared_info = learn_freeact(*args, seed=0)  # same seed: the same first half and batches
+    assert info["per_type_factors"] and "masks" not in tensors
+    assert tensors["type_kron_1"].shape == (2, D1, D1) and tensors["type_kron_2"].shape == (2, D2, D2)
+    assert info["objective_after"] < shared_info["objective_after"] < info["objective_before"]
+    assert "type_kron_1" not in shared and not shared_info["per_type_factors"]

@@ -99,6 +99,22 @@ def test_freeact_quantize_random_data(bits, kronecker):
     np.testing.assert_array_equal(half[0], again[0])  # float16 x is cast to float32 first
 
 
+def test_freeact_transform_per_type_factors_match_each_tokens_dense_kronecker():
+    rng = np.random.default_rng(7)
+    inp = _inputs(rng, (3, 5), 3)
+    inp["kron_1"] = (np.eye(D1) + 0.3 * rng.standard_normal((3, D1, D1))).astype(np.float32)
+    inp["kron_2"] = (np.eye(D2) + 0.3 * rng.standard_normal((3, D2, D2))).astype(np.float32)
+    y = reference.freeact_transform(*(inp[n] for n in ("x", "types", "smooth", "kron_1", "kron_2", "masks")))
+    x = inp["x"].astype(np.float64) / inp["smooth"]
+    for index in np.ndindex(inp["types"].shape):  # token by token, with its type's dense A ⊗ B in float64
+        t = inp["types"][index]
+        want = x[index] @ np.kron(inp["kron_1"][t].astype(np.float64), inp["kron_2"][t]) * inp["masks"][t]
+        np.testing.assert_allclose(y[index], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one pair per type"):
+        reference.freeact_transform(*(inp[n] for n in ("x", "types", "smooth")), inp["kron_1"][:2],
+                                    inp["kron_2"][:2], inp["masks"])
+
+
 def _tie_rows(bits: int, d: int) -> np.ndarray:
     """Token rows [amax, v, v, ...] where float32 v / scale is exactly k + 1/2: only the same division and the
     same rounding as the quantizer give the same codes (v · (1 / scale) or round-half-up differ on some)."""

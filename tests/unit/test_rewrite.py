@@ -16,6 +16,7 @@ from freeact_export.onnx_in.graph import load_onnx
 from freeact_export.onnx_in.job import rewrite_onnx
 from freeact_export.ops import schema
 from freeact_export.parity.check import check
+from freeact_export.plan import Plan
 from freeact_export.rewrite.op_tensors import _hadamard_kron
 from freeact_export.rewrite.type_graph import token_types_tensor
 from freeact_export.token_types import TokenTypes
@@ -50,9 +51,11 @@ def _rewrite(exported, tiny_text_file, arch, method, bits, name):
 
 
 @pytest.mark.parametrize(("arch", "method", "bits"), [("llama", "freeact", "w4a4"), ("qwen2", "smoothrot+gptq", "w4a8"),
-                                                      ("llama", "rtn", "w4a16")])
+                                                      ("llama", "rtn", "w4a16"), ("qwen2", "freeact-general", "w4a4")])
 def test_three_way_parity(exported, tiny_text_file, arch, method, bits):
     out = _rewrite(exported, tiny_text_file, arch, method, bits, f"{arch}-{method}-{bits}")
+    if method == "freeact-general":  # the per-type factors reach all three runners (portable: one branch per type)
+        assert any("type_kron_1" in g.tensors for g in Plan.load(out / "plan").groups)
     record = check(out, corpus=str(tiny_text_file), eval_spec=CHECK_EVAL, progress=False)
     assert record["passed"], json.dumps(record, indent=1)
     assert record["runners"] == ["simulation", "plugin", "portable"]
