@@ -70,29 +70,76 @@ def write_json(record: dict, path: Path, overwrite: bool = False) -> None:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def evaluate(model: str, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str = "float32",
-             device: str = "auto", tokenizer: str | None = None, progress: bool = True) -> dict:
+def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str = "float32",
+             device: str = "auto", tokenizer: str | None = None, progress: bool = True,
+             plan: str | Path | None = None, runtime: str = "torch") -> dict:
     """Perplexity of a PyTorch or ONNX model on a corpus's eval split, per shared/EVAL.md.
 
     Args:
-        model: registry name, Hugging Face folder, .gguf file, .onnx file or export folder.
+        model: registry name, Hugging Face folder, .gguf file, .onnx file or export folder
+            (None with a plan: the model the plan was made for).
         corpus: registry name or UTF-8 text file.
         spec: windows and sequence length.
         dtype: PyTorch weight dtype (ONNX models run in the dtype they were exported in).
         device: "auto", "cpu" or "cuda".
         tokenizer: overrides the tokenizer that comes with the model (needed for a bare .onnx).
         progress: show a progress bar.
+        plan: a plan folder from `quantize -o` executed on the PyTorch model.
+        runtime: with a plan, "torch" (fake-quant simulation) or "kernels" (the CUDA kernels
+            through the plugin library's C API; needs a CUDA GPU).
     """
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "kernels":
+        if plan is None:
+            raise UserError("--runtime kernels executes a quantization plan: give --plan DIR (a folder from "
+                            "'freeact-export quantize ... -o DIR')")
+        if device not in ("auto", "cuda") or not torch.cuda.is_available():
+            raise UserError("--runtime kernels runs the CUDA kernels and needs --device cuda with a usable CUDA GPU; "
+                            "none is usable here (the simulation runs anywhere: --runtime torch)")
+        device = "cuda"
+    loaded = None if plan is None else _load_plan(plan)
+    if model is None:
+        if loaded is None or not loaded.info.get("model"):
+            raise UserError("give --model (the plan does not name its model)" if loaded else "give --model")
+        model = loaded.info["model"]
     source = resolve_model(model)
+    if loaded is not None and source.kind == "onnx":
+        raise UserError(f"--plan runs on a PyTorch model; {model} is ONNX (check ONNX-in folders with "
+                        "'freeact-export check')")
     text = resolve_corpus(corpus)
     device = resolve_device(device, source)
     windows = corpus_windows(load_tokenizer(source, tokenizer), text, spec)  # before the slow model load
     if source.kind == "onnx":
         runner = OrtLogits(source.path, device)
-    else:
+    elif loaded is None:
         runner = TorchLogits(load_torch_model(source, dtype, device))
-    return {"model": model, "model_path": str(source.path),
-            **_perplexity_record(runner, windows, text, spec, progress), "device": device}
+    elif runtime == "kernels":
+        from freeact_export.runtime.kernel_model import KernelLogits
+
+        runner = KernelLogits(load_torch_model(source, dtype, device), loaded)
+    else:
+        runner = SimulatedLogits(load_torch_model(source, dtype, device), loaded)
+    record = {"model": model, "model_path": str(source.path),
+              **_perplexity_record(runner, windows, text, spec, progress), "device": device}
+    if loaded is not None:
+        record.update(plan=str(plan), method=loaded.method, bits=loaded.bits, types=loaded.token_types)
+    return record
+
+
+RUNTIMES = ("torch", "kernels")
+
+
+def _load_plan(folder: str | Path) -> Plan:
+    folder = Path(folder)
+    if not (folder / "plan.json").is_file():
+        hint = (" (an ONNX-in folder: its plan names ONNX nodes; check it with 'freeact-export check')"
+                if (folder / "plan" / "plan.json").is_file() else "")
+        raise UserError(f"{folder} holds no plan.json; write one with 'freeact-export quantize ... -o {folder}'{hint}")
+    try:
+        return Plan.load(folder)
+    except (ValueError, OSError) as err:
+        raise UserError(f"cannot load the plan in {folder}: {err}") from None
 
 
 def corpus_windows(tokenizer, corpus: Corpus, spec: EvalSpec) -> Windows:

@@ -53,15 +53,20 @@ def _add_eval(sub) -> None:
             tokenized once without special tokens, cut into consecutive windows of --seqlen
             tokens, each window one sequence without KV cache; BOS is prefixed as context only
             where the tokenizer adds it by default. PyTorch models run in --dtype on --device;
-            ONNX models run in ONNX Runtime with exact session options."""),
+            ONNX models run in ONNX Runtime with exact session options. With --plan (a folder
+            from 'quantize -o') the PyTorch model executes the plan: --runtime torch simulates
+            it with fake quantization, --runtime kernels runs the real CUDA kernels
+            (FreeActQuantize + Int4MatMul from the plugin library, no TensorRT; --device cuda)."""),
         epilog=textwrap.dedent("""\
             examples:
               freeact-export eval --model smollm2-135m --corpus wiki
               freeact-export eval --model ./my-hf-folder --corpus notes.txt --windows 8 --seqlen 512
               freeact-export eval --model out/smollm2-135m-fp32 --corpus wiki --json ppl.json
-              freeact-export eval --model other.onnx --tokenizer smollm2-135m --corpus wiki"""))
-    p.add_argument("--model", required=True, metavar="M",
-                   help="name, Hugging Face folder, .gguf, .onnx, or a folder from 'export'")
+              freeact-export eval --model other.onnx --tokenizer smollm2-135m --corpus wiki
+              freeact-export eval --plan out/freeact-w4a4 --runtime kernels --device cuda"""))
+    p.add_argument("--model", metavar="M",
+                   help="name, Hugging Face folder, .gguf, .onnx, or a folder from 'export' "
+                        "(default with --plan: the plan's model)")
     p.add_argument("--corpus", default="wiki", metavar="C", help="name or UTF-8 text file (default: wiki)")
     p.add_argument("--seqlen", type=int, default=1024, help="tokens per window (default: 1024)")
     p.add_argument("--windows", type=int, default=32, help="windows from the start of the eval text (default: 32)")
@@ -70,6 +75,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = CUDA when present (default: auto)")
     p.add_argument("--tokenizer", metavar="T", help="tokenizer source for an ONNX file that has none beside it")
+    p.add_argument("--plan", metavar="DIR", help="execute this quantization plan (a folder from 'quantize -o')")
+    p.add_argument("--runtime", default="torch", choices=["torch", "kernels"],
+                   help="with --plan: torch = fake-quant simulation, kernels = the CUDA kernels (default: torch)")
     p.add_argument("--json", metavar="PATH", help="also write the full record (settings, per-window NLL) here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=_run_eval)
@@ -86,11 +94,12 @@ def _run_eval(args: argparse.Namespace) -> None:
     if args.json:
         check_new_output(Path(args.json), args.overwrite)  # fail before the long run
     record = api.evaluate(args.model, args.corpus, spec, dtype=args.dtype, device=args.device,
-                          tokenizer=args.tokenizer)
+                          tokenizer=args.tokenizer, plan=args.plan, runtime=args.runtime)
     windows = f"{record['windows']} windows x {record['seqlen']} tokens"
     if record["windows"] < record["windows_requested"]:
         windows += f" (only {record['windows_available']} fit in the corpus)"
-    print(f"perplexity {record['perplexity']:.3f}  model={args.model} corpus={args.corpus} (eval split) "
+    plan = f" plan={args.plan} ({record['method']} {record['bits']})" if args.plan else ""
+    print(f"perplexity {record['perplexity']:.3f}  model={record['model']}{plan} corpus={args.corpus} (eval split) "
           f"{windows} dtype={record['dtype']} device={record['device']} runtime={record['runtime']} "
           f"[{record['wall_s']:.0f} s]")
     if args.json:
