@@ -1,0 +1,142 @@
+"""The parts of the kernel bindings and the kernels runtime that need no GPU.
+
+Loading the plugin library and its C API version check run on any machine once the library is
+built (it links the CUDA runtime, not a GPU); argument checks refuse bad tensors before anything
+is launched; without CUDA, `eval --runtime kernels` is one clear line. The kernels themselves are
+tested in tests/gpu.
+"""
+
+import ctypes
+
+import pytest
+import torch
+
+from freeact_export.cli import main
+from freeact_export.errors import UserError
+from freeact_export.runtime import kernels
+from test_cli import assert_one_line_error, run_cli
+
+
+def _built_library():
+    try:
+        from freeact_export.runtime.plugin_lib import library_path
+
+        return library_path()
+    except ImportError as err:
+        pytest.skip(f"freeact_export.runtime.plugin_lib is not in this checkout yet ({err})")
+    except UserError as err:
+        pytest.skip(f"the plugin library is not built: {err}")
+
+
+def test_the_library_loads_and_reports_the_c_api_version_without_a_gpu():
+    path = _built_library()
+    lib = kernels.load_library(str(path))
+    assert kernels.library_version(str(path)) == kernels.C_API_VERSION
+    assert len(lib.freeactQuantize.argtypes) == 19 and lib.freeactQuantize.restype is ctypes.c_int32
+    assert len(lib.freeactInt4MatMul.argtypes) == 13 and lib.freeactInt4MatMul.restype is ctypes.c_int32
+    assert kernels.load_library(str(path)) is lib  # loaded once
+
+
+def test_a_file_that_is_not_the_library_is_a_user_error(tmp_path):
+    bogus = tmp_path / "libnot_a_library.so"
+    bogus.write_bytes(b"not an ELF file")
+    with pytest.raises(UserError, match="cannot load the kernel library"):
+        kernels.load_library(str(bogus))
+
+
+def _quantize_args(device="cpu"):
+    d = 8
+    return dict(x=torch.zeros(3, d, device=device), types=torch.zeros(3, dtype=torch.int32, device=device),
+                smooth=torch.ones(d, device=device), kron_1=torch.eye(2, device=device),
+                kron_2=torch.eye(4, device=device), masks=torch.ones(2, d, device=device),
+                clip=torch.ones(2, device=device))
+
+
+def test_cpu_tensors_are_refused_before_any_launch():
+    with pytest.raises(ValueError, match="x must be on a CUDA device"):
+        kernels.freeact_quantize(**_quantize_args())
+    with pytest.raises(ValueError, match="codes must be on a CUDA device"):
+        kernels.int4_matmul(torch.zeros(3, 4, dtype=torch.int8), torch.ones(3, 1), torch.zeros(5, 4, dtype=torch.int8),
+                            torch.ones(5, 1), None)
+
+
+def test_bad_attributes_are_refused_first():
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        kernels.freeact_quantize(**_quantize_args(), bits=2)
+    with pytest.raises(ValueError, match="group_size"):
+        kernels.int4_matmul(torch.zeros(3, 4, dtype=torch.int8), torch.ones(3, 1), torch.zeros(5, 4, dtype=torch.int8),
+                            torch.ones(5, 1), None, group_size=3)
+    with pytest.raises(ValueError, match="out_dtype"):
+        kernels.int4_matmul(torch.zeros(3, 4, dtype=torch.int8), torch.ones(3, 1), torch.zeros(5, 4, dtype=torch.int8),
+                            torch.ones(5, 1), None, out_dtype=torch.int32)
+
+
+def test_a_launcher_error_names_the_cuda_error():
+    err = kernels.KernelError("freeactInt4MatMul", 1, "tokens=3 k=8 n=5")
+    assert str(err).startswith("freeactInt4MatMul failed with cudaErrorInvalidValue (1)")
+    assert "tokens=3 k=8 n=5" in str(err)
+    assert kernels.cuda_error_text(209).startswith("cudaErrorNoKernelImageForDevice (209)")
+    assert kernels.cuda_error_text(12345).startswith("unknown cudaError_t (12345)")
+
+
+def test_a_missing_build_for_this_gpu_is_a_user_error_with_the_fix():
+    with pytest.raises(UserError, match="not built for this GPU.*CUDA_ARCHITECTURES"):
+        kernels._raise_for("freeactQuantize", 209, "")
+    kernels._raise_for("freeactQuantize", 0, "")  # success raises nothing
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("device", ["cpu", "cuda", "auto"])
+def test_eval_with_the_kernels_and_no_cuda_is_one_line(capsys, tmp_path, device):
+    code, _, err = run_cli(capsys, "eval", "--plan", str(tmp_path), "--runtime", "kernels", "--device", device)
+    assert_one_line_error(code, err, "needs --device cuda with a usable CUDA GPU")
+
+
+def test_eval_with_the_kernels_needs_a_plan(capsys):
+    code, _, err = run_cli(capsys, "eval", "--model", "smollm2-135m", "--runtime", "kernels")
+    assert_one_line_error(code, err, "give --plan DIR")
+
+
+def test_eval_with_a_folder_without_a_plan_says_so(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eval", "--plan", str(tmp_path), "--device", "cpu")
+    assert_one_line_error(code, err, "holds no plan.json")
+
+
+def test_eval_help_shows_the_kernels_runtime(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "--runtime {torch,kernels}" in out and "--plan DIR" in out
+
+
+@pytest.mark.parametrize("per_type", [False, True])
+def test_the_w4a16_input_path_computes_the_op_form_transform(per_type):
+    """W4A16 groups run the transform in torch: it must equal the reference's FreeActQuantize before rounding."""
+    import numpy as np
+
+    from freeact_export.calibrate.stats import TypeContext
+    from freeact_export.config import QuantSpec
+    from freeact_export.ops import reference
+    from freeact_export.plan import GroupPlan
+    from freeact_export.rewrite.op_tensors import activation_tensors
+    from freeact_export.runtime.kernel_model import FloatTransformInput
+
+    gen = torch.Generator().manual_seed(0)
+    d, num_types = 12, 2
+    tensors = {"smooth": torch.rand(d, generator=gen) + 0.5, "kron_1": torch.randn(3, 3, generator=gen),
+               "kron_2": torch.randn(4, 4, generator=gen), "masks": torch.ones(num_types, d),
+               "clip": torch.ones(num_types)}
+    tensors["masks"][1, :2] = 0
+    if per_type:
+        tensors["type_kron_1"] = torch.randn(num_types, 3, 3, generator=gen)
+        tensors["type_kron_2"] = torch.randn(num_types, 4, 4, generator=gen)
+    group = GroupPlan("g", d, "kronecker", tensors, [], QuantSpec(4, True, "group", 4))
+    context = TypeContext(num_types)
+    context.types = torch.tensor([1, 0, 0, 1, 0], dtype=torch.int32)
+    x = torch.randn(5, d, generator=gen)
+    got = FloatTransformInput(group, num_types, context, torch.device("cpu")).compute(x)
+    ops = activation_tensors(group, num_types)
+    expected = reference.freeact_transform(x.numpy(), context.types.numpy(), ops["smooth"], ops["kron_1"],
+                                           ops["kron_2"], ops["masks"], ops["kronecker"])
+    assert ops["kron_1"].ndim == (3 if per_type else 2)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
