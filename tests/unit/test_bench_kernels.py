@@ -1,0 +1,106 @@
+"""tools/bench_kernels.py without a GPU: arguments, traffic arithmetic, table and plot from a results dict.
+
+The timing records below are SYNTHETIC (made-up numbers chosen to make the arithmetic easy to
+check): these tests check formatting and arithmetic, not performance.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "tools" / "bench_kernels.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def synthetic_results() -> dict:
+    """A made-up run: two shapes x two token counts; torch int4 refused one shape."""
+    records = []
+    for k, n in ((576, 1536), (4096, 4096)):
+        for tokens in (1, 128):
+            times = {"fp16": 0.020, "torch_int4": 0.010, "int4_matmul": 0.005, "freeact_quantize": 0.002,
+                     "pair": 0.008}
+            for op in bench.OPS:
+                rec = {"k": k, "n": n, "tokens": tokens, "op": op, "bytes": 10**6, "operations": 10**9}
+                if op == "torch_int4" and k == 576:
+                    rec["error"] = "RuntimeError: synthetic refusal"
+                else:
+                    rec.update(median_ms=times[op], times_ms=[times[op]] * 3)
+                records.append(rec)
+    return {"gpu": "SYNTHETIC GPU (no measurement)", "capability": "sm_90", "torch": "x", "cuda": "y",
+            "copy_gbps": 2000.0, "l2_bytes": 50 * 2**20, "flush_bytes": 128 * 2**20, "iters": 3, "warmup": 1,
+            "act_bits": 4, "records": records}
+
+
+def test_arguments_defaults_quick_and_overrides():
+    args = bench.parse_args(["--out", "o"])
+    assert args.shapes == bench.SHAPES and args.tokens == bench.TOKENS and args.iters == 50
+    quick = bench.parse_args(["--out", "o", "--quick"])
+    assert quick.shapes == bench.QUICK_SHAPES and quick.tokens == bench.QUICK_TOKENS and quick.iters == 10
+    custom = bench.parse_args(["--out", "o", "--shapes", "576x1536,14336x4096", "--tokens", "1,2048", "--iters", "7"])
+    assert custom.shapes == ((576, 1536), (14336, 4096)) and custom.tokens == (1, 2048) and custom.iters == 7
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", "o", "--shapes", "576by1536"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", "o", "--tokens", "0"])
+
+
+def test_traffic_and_operations_arithmetic():
+    # fp16 GEMM: x [1, 4096], W [4096, 4096], y [1, 4096], 2 bytes each.
+    assert bench.traffic_bytes("fp16", 4096, 4096, 1) == 2 * (4096 + 4096 * 4096 + 4096)
+    # Int4MatMul: half a byte per weight, fp32 scale per channel, packed codes + fp32 token scale, fp16 y.
+    assert bench.traffic_bytes("int4_matmul", 4096, 4096, 1) == 4096 * 2048 + 4096 * 4 + (2048 + 4) + 4096 * 2
+    assert bench.traffic_bytes("int4_matmul", 4096, 4096, 1, act_bits=8) == (4096 * 2048 + 4096 * 4 + (4096 + 4)
+                                                                             + 4096 * 2)
+    assert bench.traffic_bytes("pair", 576, 1536, 16, 4, 24, 24) == (
+        bench.traffic_bytes("freeact_quantize", 576, 1536, 16, 4, 24, 24)
+        + bench.traffic_bytes("int4_matmul", 576, 1536, 16, 4, 24, 24))
+    assert bench.operations("int4_matmul", 4096, 14336, 128) == 2 * 128 * 4096 * 14336
+    assert bench.operations("freeact_quantize", 4096, 14336, 128, 64, 64) == 2 * 128 * 4096 * 128
+    assert bench.torch_int4_group(4096) == 128 and bench.torch_int4_group(576) == 64
+
+
+def test_derived_figures_from_synthetic_records():
+    rows = bench.derive(synthetic_results())
+    assert [(r["k"], r["n"], r["tokens"]) for r in rows] == [(576, 1536, 1), (576, 1536, 128), (4096, 4096, 1),
+                                                             (4096, 4096, 128)]
+    big = rows[-1]
+    assert big["int4_matmul_vs_fp16"] == pytest.approx(4.0)
+    assert big["pair_vs_fp16"] == pytest.approx(2.5)
+    assert big["int4_matmul_vs_torch_int4"] == pytest.approx(2.0)
+    mm = big["ops"]["int4_matmul"]
+    assert mm["gbps"] == pytest.approx(10**6 / 5e-6 / 1e9)  # 200 GB/s
+    assert mm["copy_fraction"] == pytest.approx(0.1)
+    assert mm["tops"] == pytest.approx(10**9 / 5e-6 / 1e12)
+    assert "int4_matmul_vs_torch_int4" not in rows[0] and rows[0]["ops"]["torch_int4"] == {
+        "error": "RuntimeError: synthetic refusal"}
+
+
+def test_table_json_and_plot_are_written_with_the_gpu_name(tmp_path):
+    results = synthetic_results()
+    paths = bench.write_outputs(results, tmp_path / "out")
+    assert [p.name for p in paths] == ["bench_kernels.json", "bench_kernels.md", "bench_kernels.png"]
+    table = paths[1].read_text()
+    assert "SYNTHETIC GPU (no measurement)" in table
+    assert "| 4096 x 4096 | 128 | 20.0 | 10.0 | 5.0 | 2.0 | 8.0 | 4.00x | 2.50x | 2.00x | 200 (10 %) | 200.0 |" in table
+    assert "| 576 x 1536 | 1 | 20.0 | n/a |" in table
+    assert "n/a: torch int4 (W4A16): RuntimeError: synthetic refusal" in table
+    saved = json.loads(paths[0].read_text())
+    assert saved["gpu"] == results["gpu"] and len(saved["rows"]) == 4
+    assert paths[2].stat().st_size > 10_000
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_without_a_gpu_it_says_so_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_kernels.py"), "--quick", "--out",
+                           str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "bench_kernels: no CUDA GPU here (torch.cuda.is_available() is False); the kernel benchmark needs one"]
+    assert not (tmp_path / "b").exists()
