@@ -140,3 +140,52 @@ def test_the_w4a16_input_path_computes_the_op_form_transform(per_type):
                                            ops["kron_2"], ops["masks"], ops["kronecker"])
     assert ops["kron_1"].ndim == (3 if per_type else 2)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_plan(method: str, bits: str):
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from freeact_export.calibrate.run import calibrate, calibration_windows
+    from freeact_export.config import CalibSpec, FreeActSpec
+    from freeact_export.quantize.planner import build_plan, torch_weights
+    from freeact_export.token_types import TokenTypes
+    from tiny_models import tiny_config
+
+    spec = CalibSpec(windows=4, seqlen=48, samples_per_type=40, min_tokens=4)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+    windows = calibration_windows(np.random.default_rng(0).integers(4, 384, 4000).tolist(), spec, None)
+    record = calibrate(model, windows, TokenTypes.parse("sink=pos:3"), spec, progress=False)
+    plan = build_plan(torch_weights(model), record, method, bits, progress=False,
+                      freeact=FreeActSpec(steps=2, batch_tokens=16))
+    return model, plan
+
+
+@pytest.mark.parametrize("method", ["quarot", "freeact-general"])
+def test_a_w4a16_plan_runs_on_the_runtime_as_the_simulation_does(method):
+    """W4A16 has no kernel (torch transform + dequantized weight), so the runtime's wiring is checkable on a CPU."""
+    import copy
+
+    import numpy as np
+
+    from freeact_export.runtime.kernel_model import DequantizedLinear, FloatTransformInput, KernelLogits
+    from freeact_export.simulate.fake_quant import SimulatedLogits
+
+    model, plan = _tiny_plan(method, "w4a16")
+    runner = KernelLogits(copy.deepcopy(model), plan)
+    modules = list(runner.model.modules())
+    assert sum(isinstance(m, FloatTransformInput) for m in modules) == len(plan.groups)
+    assert sum(isinstance(m, DequantizedLinear) for m in modules) == sum(len(g.linears) for g in plan.groups)
+    ids = np.random.default_rng(1).integers(4, 384, (2, 40))
+    got, expected = runner(ids), SimulatedLogits(model, plan)(ids)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), (got - expected).abs().max()
+
+
+def test_a_quantized_plan_needs_a_cuda_model():
+    from freeact_export.calibrate.stats import TypeContext
+    from freeact_export.runtime.kernel_model import install_kernels
+
+    model, plan = _tiny_plan("rtn", "w4a4")
+    with pytest.raises(UserError, match="the kernels run on a CUDA device"):
+        install_kernels(model, plan, TypeContext(2))
