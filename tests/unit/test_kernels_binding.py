@@ -162,8 +162,8 @@ def _tiny_plan(method: str, bits: str):
     return model, plan
 
 
-@pytest.mark.parametrize("method", ["quarot", "freeact-general"])
-def test_a_w4a16_plan_runs_on_the_runtime_as_the_simulation_does(method):
+@pytest.mark.parametrize(("method", "per_type"), [("quarot", False), ("freeact", False), ("freeact", True)])
+def test_a_w4a16_plan_runs_on_the_runtime_as_the_simulation_does(method, per_type):
     """W4A16 has no kernel (torch transform + dequantized weight), so the runtime's wiring is checkable on a CPU."""
     import copy
 
@@ -173,6 +173,13 @@ def test_a_w4a16_plan_runs_on_the_runtime_as_the_simulation_does(method):
     from freeact_export.simulate.fake_quant import SimulatedLogits
 
     model, plan = _tiny_plan(method, "w4a16")
+    if per_type:  # factors per token type, as freeact-general stores them where they pay (both runtimes read them)
+        gen = torch.Generator().manual_seed(2)
+        for group in plan.groups:
+            for i in (1, 2):
+                shared = group.tensors[f"kron_{i}"]
+                noise = 0.1 * torch.randn(2, *shared.shape, generator=gen)
+                group.tensors[f"type_kron_{i}"] = (shared + noise).contiguous()
     runner = KernelLogits(copy.deepcopy(model), plan)
     modules = list(runner.model.modules())
     assert sum(isinstance(m, FloatTransformInput) for m in modules) == len(plan.groups)
