@@ -1,0 +1,1454 @@
+// Host test of libfreeact_trt_plugins.so through TensorRT's plugin interfaces only: the library is
+// dlopen()ed (never linked), its creators come from getCreators, and every expectation about names,
+// fields, attribute constraints and tensor dtypes comes from the op schema JSON that pytest writes
+// from freeact_export/ops/schema.py, so the C++ side is checked against the Python contract.
+//
+//   freeact_host_test check LIB.so SCHEMA.json      interface checks (no GPU needed)
+//   freeact_host_test run LIB.so CASE_DIR           one op on the GPU: CASE_DIR/case.txt names the op,
+//                                                   its attributes and input files; outputs are written
+//                                                   back to CASE_DIR (exit 77 without a CUDA device)
+#include "NvInferRuntime.h"
+#include "miniJson.h"
+
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace nvinfer1;
+
+namespace
+{
+
+// ---------------------------------------------------------------------------------------------
+// Harness: logger, results, a constant-folding IExprBuilder
+
+class CapturingLogger : public ILogger
+{
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        if (severity <= Severity::kERROR)
+        {
+            ++mErrors;
+            mLast = msg != nullptr ? msg : "";
+        }
+        if (mVerbose)
+        {
+            std::cout << "    [plugin log " << static_cast<int32_t>(severity) << "] " << (msg ? msg : "") << "\n";
+        }
+    }
+    int32_t errors() const
+    {
+        return mErrors;
+    }
+    std::string const& last() const
+    {
+        return mLast;
+    }
+    void verbose(bool on)
+    {
+        mVerbose = on;
+    }
+
+private:
+    int32_t mErrors{0};
+    std::string mLast;
+    bool mVerbose{false};
+};
+
+class TestLoggerFinder : public ILoggerFinder
+{
+public:
+    explicit TestLoggerFinder(ILogger* logger)
+        : mLogger(logger)
+    {
+    }
+    ILogger* findLogger() override
+    {
+        return mLogger;
+    }
+
+private:
+    ILogger* mLogger;
+};
+
+int32_t gChecks = 0;
+int32_t gFailures = 0;
+
+void check(bool ok, std::string const& what)
+{
+    ++gChecks;
+    if (!ok)
+    {
+        ++gFailures;
+        std::cout << "FAIL: " << what << "\n";
+    }
+}
+
+//! A dimension that is either a constant or an opaque symbol (a dynamic extent).
+class TestDimExpr : public IDimensionExpr
+{
+public:
+    TestDimExpr(bool constant, int64_t value)
+        : mValueImpl(constant, value)
+    {
+        mImpl = &mValueImpl;
+    }
+    ~TestDimExpr() override = default;
+
+private:
+    class Impl : public apiv::VDimensionExpr
+    {
+    public:
+        Impl(bool constant, int64_t value)
+            : mConstant(constant)
+            , mValue(value)
+        {
+        }
+        bool isConstant() const override
+        {
+            return mConstant;
+        }
+        int64_t getConstantValue() const override
+        {
+            return mConstant ? mValue : -1;
+        }
+        bool isSizeTensor() const override
+        {
+            return false;
+        }
+
+    private:
+        bool mConstant;
+        int64_t mValue;
+    };
+    Impl mValueImpl;
+};
+
+//! Folds operations on constants, as TensorRT does; anything involving a symbol is a new symbol.
+class TestExprBuilder : public IExprBuilder
+{
+public:
+    TestExprBuilder()
+        : mBuilderImpl(*this)
+    {
+        mImpl = &mBuilderImpl;
+    }
+    ~TestExprBuilder() override = default;
+
+    IDimensionExpr const* make(bool constant, int64_t value)
+    {
+        mPool.push_back(std::make_unique<TestDimExpr>(constant, value));
+        return mPool.back().get();
+    }
+    IDimensionExpr const* symbol()
+    {
+        return make(false, 0);
+    }
+
+private:
+    class Impl : public apiv::VExprBuilder
+    {
+    public:
+        explicit Impl(TestExprBuilder& owner)
+            : mOwner(owner)
+        {
+        }
+        IDimensionExpr const* constant(int64_t value) override
+        {
+            return mOwner.make(true, value);
+        }
+        IDimensionExpr const* operation(
+            DimensionOperation op, IDimensionExpr const& first, IDimensionExpr const& second) override
+        {
+            if (!first.isConstant() || !second.isConstant())
+            {
+                return mOwner.symbol();
+            }
+            int64_t const a = first.getConstantValue();
+            int64_t const b = second.getConstantValue();
+            switch (op)
+            {
+            case DimensionOperation::kSUM: return constant(a + b);
+            case DimensionOperation::kPROD: return constant(a * b);
+            case DimensionOperation::kMAX: return constant(std::max(a, b));
+            case DimensionOperation::kMIN: return constant(std::min(a, b));
+            case DimensionOperation::kSUB: return constant(a - b);
+            case DimensionOperation::kEQUAL: return constant(a == b ? 1 : 0);
+            case DimensionOperation::kLESS: return constant(a < b ? 1 : 0);
+            case DimensionOperation::kFLOOR_DIV:
+                return b == 0 ? nullptr : constant(a / b - ((a % b != 0 && ((a < 0) != (b < 0))) ? 1 : 0));
+            case DimensionOperation::kCEIL_DIV: return b == 0 ? nullptr : constant((a + b - 1) / b);
+            }
+            return nullptr;
+        }
+        IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
+        {
+            return nullptr;
+        }
+
+    private:
+        TestExprBuilder& mOwner;
+    };
+    Impl mBuilderImpl;
+    std::vector<std::unique_ptr<TestDimExpr>> mPool;
+};
+
+class TestResourceContext : public IPluginResourceContext
+{
+public:
+    IGpuAllocator* getGpuAllocator() const noexcept override
+    {
+        return nullptr;
+    }
+    IErrorRecorder* getErrorRecorder() const noexcept override
+    {
+        return nullptr;
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The schema, as written by freeact_export.ops.schema.schema_json()
+
+struct SchemaAttr
+{
+    std::string name;
+    std::string type;
+    int64_t defaultValue{0};
+    std::optional<std::vector<int64_t>> allowed;
+    std::optional<int64_t> minimum;
+    std::optional<int64_t> multipleOf;
+
+    //! schema.AttrSpec.problem(value) is None.
+    bool valid(int64_t value) const
+    {
+        if (allowed && std::find(allowed->begin(), allowed->end(), value) == allowed->end())
+        {
+            return false;
+        }
+        if (minimum && value < *minimum)
+        {
+            return false;
+        }
+        return !(multipleOf && value % *multipleOf != 0);
+    }
+};
+
+struct SchemaTensor
+{
+    std::string name;
+    std::vector<std::string> dtypes;
+};
+
+struct SchemaOp
+{
+    std::string name;
+    std::vector<SchemaTensor> inputs;
+    std::vector<SchemaTensor> outputs;
+    std::vector<SchemaAttr> attributes;
+};
+
+struct Schema
+{
+    std::string pluginVersion;
+    std::string pluginNamespace;
+    std::vector<SchemaOp> ops;
+};
+
+Schema loadSchema(std::string const& path)
+{
+    minijson::Value const json = minijson::parseFile(path);
+    Schema schema;
+    schema.pluginVersion = json["plugin_version"].asString();
+    schema.pluginNamespace = json["plugin_namespace"].asString();
+    auto tensors = [](minijson::Value const& list) {
+        std::vector<SchemaTensor> out;
+        for (auto const& t : list.asArray())
+        {
+            SchemaTensor tensor{t["name"].asString(), {}};
+            for (auto const& d : t["dtypes"].asArray())
+            {
+                tensor.dtypes.push_back(d.asString());
+            }
+            out.push_back(tensor);
+        }
+        return out;
+    };
+    for (auto const& op : json["ops"].asArray())
+    {
+        SchemaOp entry{op["name"].asString(), tensors(op["inputs"]), tensors(op["outputs"]), {}};
+        for (auto const& a : op["attributes"].asArray())
+        {
+            SchemaAttr attr;
+            attr.name = a["name"].asString();
+            attr.type = a["type"].asString();
+            if (attr.type != "int")
+            {
+                throw std::runtime_error("host test: attribute type " + attr.type + " is not handled");
+            }
+            attr.defaultValue = a["default"].asInt();
+            if (!a["allowed"].isNull())
+            {
+                attr.allowed.emplace();
+                for (auto const& v : a["allowed"].asArray())
+                {
+                    attr.allowed->push_back(v.asInt());
+                }
+            }
+            if (!a["minimum"].isNull())
+            {
+                attr.minimum = a["minimum"].asInt();
+            }
+            if (!a["multiple_of"].isNull())
+            {
+                attr.multipleOf = a["multiple_of"].asInt();
+            }
+            entry.attributes.push_back(attr);
+        }
+        schema.ops.push_back(entry);
+    }
+    return schema;
+}
+
+DataType dataTypeOf(std::string const& dtype)
+{
+    if (dtype == "float32")
+        return DataType::kFLOAT;
+    if (dtype == "float16")
+        return DataType::kHALF;
+    if (dtype == "int32")
+        return DataType::kINT32;
+    if (dtype == "int8")
+        return DataType::kINT8;
+    throw std::runtime_error("host test: unknown dtype " + dtype);
+}
+
+size_t elementSize(DataType type)
+{
+    switch (type)
+    {
+    case DataType::kFLOAT:
+    case DataType::kINT32: return 4;
+    case DataType::kHALF: return 2;
+    case DataType::kINT8: return 1;
+    default: throw std::runtime_error("host test: unexpected data type");
+    }
+}
+
+std::string dtypeName(DataType type)
+{
+    switch (type)
+    {
+    case DataType::kFLOAT: return "float32";
+    case DataType::kHALF: return "float16";
+    case DataType::kINT32: return "int32";
+    case DataType::kINT8: return "int8";
+    default: return "other(" + std::to_string(static_cast<int32_t>(type)) + ")";
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The library under test
+
+struct Library
+{
+    void* handle{nullptr};
+    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
+    using SetLoggerFinder = void (*)(ILoggerFinder*);
+    GetCreators getCreators{nullptr};
+    SetLoggerFinder setLoggerFinder{nullptr};
+    std::map<std::string, IPluginCreatorV3One*> creators;
+};
+
+Library openLibrary(std::string const& path, bool checkSymbols)
+{
+    Library lib;
+    lib.handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (lib.handle == nullptr)
+    {
+        throw std::runtime_error(std::string("dlopen failed: ") + dlerror());
+    }
+    lib.getCreators = reinterpret_cast<Library::GetCreators>(dlsym(lib.handle, "getCreators"));
+    lib.setLoggerFinder = reinterpret_cast<Library::SetLoggerFinder>(dlsym(lib.handle, "setLoggerFinder"));
+    if (lib.getCreators == nullptr || lib.setLoggerFinder == nullptr)
+    {
+        throw std::runtime_error("the library does not export getCreators and setLoggerFinder");
+    }
+    if (checkSymbols)
+    {
+        for (char const* symbol : {"freeactQuantize", "freeactInt4MatMul", "freeactCApiVersion"})
+        {
+            check(dlsym(lib.handle, symbol) != nullptr, std::string("C API symbol ") + symbol + " exported");
+        }
+        auto version = reinterpret_cast<int32_t (*)()>(dlsym(lib.handle, "freeactCApiVersion"));
+        check(version != nullptr && version() >= 1, "freeactCApiVersion() >= 1");
+        check(dlsym(lib.handle, "getPluginRegistry") == nullptr, "the library does not define getPluginRegistry");
+    }
+    int32_t count = -1;
+    IPluginCreatorInterface* const* list = lib.getCreators(count);
+    if (list == nullptr || count <= 0)
+    {
+        throw std::runtime_error("getCreators returned no creators");
+    }
+    for (int32_t i = 0; i < count; ++i)
+    {
+        InterfaceInfo const info = list[i]->getInterfaceInfo();
+        check(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0 && info.major == 1,
+            std::string("creator ") + std::to_string(i) + " is an IPluginCreatorV3One (got " + info.kind + ")");
+        auto* creator = static_cast<IPluginCreatorV3One*>(list[i]);
+        lib.creators[creator->getPluginName()] = creator;
+    }
+    check(static_cast<int32_t>(lib.creators.size()) == count, "creator names are distinct");
+    return lib;
+}
+
+//! Plugin fields with storage, in any order and of any type (for invalid ones too).
+class Fields
+{
+public:
+    Fields& add(std::string name, PluginFieldType type, std::vector<uint8_t> bytes, int32_t length)
+    {
+        mEntries.push_back({std::move(name), type, std::move(bytes), length});
+        return *this;
+    }
+    Fields& addInt(std::string name, int32_t value)
+    {
+        std::vector<uint8_t> bytes(sizeof(value));
+        std::memcpy(bytes.data(), &value, sizeof(value));
+        return add(std::move(name), PluginFieldType::kINT32, bytes, 1);
+    }
+    PluginFieldCollection const* collection()
+    {
+        mFields.clear();
+        for (auto const& e : mEntries)
+        {
+            mFields.emplace_back(e.name.c_str(), e.bytes.empty() ? nullptr : e.bytes.data(), e.type, e.length);
+        }
+        mCollection.nbFields = static_cast<int32_t>(mFields.size());
+        mCollection.fields = mFields.data();
+        return &mCollection;
+    }
+
+private:
+    struct Entry
+    {
+        std::string name;
+        PluginFieldType type;
+        std::vector<uint8_t> bytes;
+        int32_t length;
+    };
+    std::vector<Entry> mEntries;
+    std::vector<PluginField> mFields;
+    PluginFieldCollection mCollection{};
+};
+
+using Attrs = std::map<std::string, int32_t>;
+
+Fields fieldsOf(SchemaOp const& op, Attrs const& attrs)
+{
+    Fields fields;
+    for (auto const& a : op.attributes)
+    {
+        fields.addInt(a.name, attrs.at(a.name));
+    }
+    return fields;
+}
+
+std::string describe(Attrs const& attrs)
+{
+    std::string out;
+    for (auto const& kv : attrs)
+    {
+        out += (out.empty() ? "" : ", ") + kv.first + "=" + std::to_string(kv.second);
+    }
+    return out;
+}
+
+struct PluginDeleter
+{
+    void operator()(IPluginV3* plugin) const
+    {
+        delete plugin;
+    }
+};
+using PluginPtr = std::unique_ptr<IPluginV3, PluginDeleter>;
+
+IPluginV3OneCore* coreOf(IPluginV3& plugin)
+{
+    return static_cast<IPluginV3OneCore*>(plugin.getCapabilityInterface(PluginCapabilityType::kCORE));
+}
+IPluginV3OneBuild* buildOf(IPluginV3& plugin)
+{
+    return static_cast<IPluginV3OneBuild*>(plugin.getCapabilityInterface(PluginCapabilityType::kBUILD));
+}
+IPluginV3OneRuntime* runtimeOf(IPluginV3& plugin)
+{
+    return static_cast<IPluginV3OneRuntime*>(plugin.getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+}
+
+//! The kINT32 fields of a collection by name; a field of another type or length maps to INT_MIN.
+Attrs readFields(PluginFieldCollection const* fc)
+{
+    Attrs out;
+    if (fc == nullptr)
+    {
+        return out;
+    }
+    for (int32_t i = 0; i < fc->nbFields; ++i)
+    {
+        PluginField const& f = fc->fields[i];
+        int32_t value = INT_MIN;
+        if (f.type == PluginFieldType::kINT32 && f.length == 1 && f.data != nullptr)
+        {
+            std::memcpy(&value, f.data, sizeof(value));
+        }
+        out[f.name != nullptr ? f.name : "<null>"] = value;
+    }
+    return out;
+}
+
+Dims dimsOf(std::vector<int64_t> const& extents)
+{
+    Dims dims{};
+    dims.nbDims = static_cast<int32_t>(extents.size());
+    for (size_t i = 0; i < extents.size(); ++i)
+    {
+        dims.d[i] = extents[i];
+    }
+    return dims;
+}
+
+DynamicPluginTensorDesc dynamicDesc(std::vector<int64_t> const& extents, DataType type)
+{
+    DynamicPluginTensorDesc desc{};
+    desc.desc.dims = dimsOf(extents);
+    desc.desc.type = type;
+    desc.desc.format = TensorFormat::kLINEAR;
+    desc.desc.scale = 1.0F;
+    desc.min = desc.desc.dims;
+    desc.opt = desc.desc.dims;
+    desc.max = desc.desc.dims;
+    for (int32_t i = 0; i < desc.desc.dims.nbDims; ++i)
+    {
+        if (desc.desc.dims.d[i] < 0)
+        {
+            desc.min.d[i] = 1;
+            desc.opt.d[i] = 16;
+            desc.max.d[i] = 4096;
+        }
+    }
+    return desc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// check mode
+
+//! Every combination of valid values: the allowed ones, or a few from the minimum up.
+std::vector<Attrs> validAttributeSets(SchemaOp const& op)
+{
+    std::vector<Attrs> sets{Attrs{}};
+    for (auto const& a : op.attributes)
+    {
+        std::vector<int64_t> values;
+        if (a.allowed)
+        {
+            values = *a.allowed;
+        }
+        else
+        {
+            int64_t const base = a.minimum.value_or(0);
+            int64_t const step = a.multipleOf.value_or(1);
+            for (int64_t v : {base, base + step, base + 16 * step, int64_t{128}, int64_t{4096}})
+            {
+                if (a.valid(v) && std::find(values.begin(), values.end(), v) == values.end())
+                {
+                    values.push_back(v);
+                }
+            }
+        }
+        std::vector<Attrs> next;
+        for (auto const& s : sets)
+        {
+            for (int64_t v : values)
+            {
+                Attrs extended = s;
+                extended[a.name] = static_cast<int32_t>(v);
+                next.push_back(extended);
+            }
+        }
+        sets = next;
+    }
+    return sets;
+}
+
+Attrs defaultsOf(SchemaOp const& op)
+{
+    Attrs attrs;
+    for (auto const& a : op.attributes)
+    {
+        attrs[a.name] = static_cast<int32_t>(a.defaultValue);
+    }
+    return attrs;
+}
+
+void checkCreatorIdentity(Schema const& schema, SchemaOp const& op, IPluginCreatorV3One& creator)
+{
+    check(std::string(creator.getPluginVersion()) == schema.pluginVersion, op.name + ": creator version");
+    check(std::string(creator.getPluginNamespace()) == schema.pluginNamespace, op.name + ": creator namespace");
+    PluginFieldCollection const* names = creator.getFieldNames();
+    check(names != nullptr && names->nbFields == static_cast<int32_t>(op.attributes.size()),
+        op.name + ": the creator lists exactly the op's attributes");
+    if (names == nullptr)
+    {
+        return;
+    }
+    for (int32_t i = 0; i < names->nbFields && i < static_cast<int32_t>(op.attributes.size()); ++i)
+    {
+        PluginField const& f = names->fields[i];
+        SchemaAttr const& a = op.attributes[i];
+        check(f.name != nullptr && a.name == f.name, op.name + ": field " + std::to_string(i) + " is " + a.name);
+        // The ONNX parser passes ONNX INT attributes as kINT32 fields.
+        check(f.type == PluginFieldType::kINT32 && f.length == 1, op.name + ": field " + a.name + " is one kINT32");
+    }
+}
+
+void checkPluginIdentity(Schema const& schema, SchemaOp const& op, IPluginV3& plugin, Attrs const& attrs)
+{
+    std::string const where = op.name + " (" + describe(attrs) + ")";
+    InterfaceInfo const info = plugin.getInterfaceInfo();
+    check(std::strcmp(info.kind, "PLUGIN") == 0 && info.major == 1, where + ": an IPluginV3");
+    IPluginV3OneCore* core = coreOf(plugin);
+    IPluginV3OneBuild* build = buildOf(plugin);
+    IPluginV3OneRuntime* runtime = runtimeOf(plugin);
+    check(core != nullptr && build != nullptr && runtime != nullptr, where + ": core, build and runtime capabilities");
+    if (core == nullptr || build == nullptr || runtime == nullptr)
+    {
+        return;
+    }
+    check(std::strcmp(core->getInterfaceInfo().kind, "PLUGIN_V3ONE_CORE") == 0, where + ": core interface kind");
+    check(std::strcmp(build->getInterfaceInfo().kind, "PLUGIN_V3ONE_BUILD") == 0, where + ": build interface kind");
+    check(std::strcmp(runtime->getInterfaceInfo().kind, "PLUGIN_V3ONE_RUNTIME") == 0,
+        where + ": runtime interface kind");
+    check(op.name == core->getPluginName(), where + ": plugin name");
+    check(schema.pluginVersion == core->getPluginVersion(), where + ": plugin version");
+    check(schema.pluginNamespace == core->getPluginNamespace(), where + ": plugin namespace");
+    check(build->getNbOutputs() == static_cast<int32_t>(op.outputs.size()), where + ": number of outputs");
+    check(readFields(runtime->getFieldsToSerialize()) == attrs, where + ": serialized fields are the attributes");
+}
+
+void checkValidSets(Schema const& schema, SchemaOp const& op, IPluginCreatorV3One& creator, CapturingLogger& logger)
+{
+    for (Attrs const& attrs : validAttributeSets(op))
+    {
+        std::string const where = op.name + " (" + describe(attrs) + ")";
+        int32_t const errorsBefore = logger.errors();
+        Fields fields = fieldsOf(op, attrs);
+        PluginPtr plugin(creator.createPlugin("layer", fields.collection(), TensorRTPhase::kBUILD));
+        check(plugin != nullptr, where + ": created from valid fields");
+        check(logger.errors() == errorsBefore, where + ": no error logged for valid fields");
+        if (!plugin)
+        {
+            continue;
+        }
+        checkPluginIdentity(schema, op, *plugin, attrs);
+
+        // Serialization round trip: the runtime creator rebuilds the plugin from the serialized fields.
+        PluginFieldCollection const* serialized = runtimeOf(*plugin)->getFieldsToSerialize();
+        PluginPtr restored(creator.createPlugin("layer", serialized, TensorRTPhase::kRUNTIME));
+        check(restored != nullptr, where + ": rebuilt from its serialized fields (kRUNTIME)");
+        if (restored)
+        {
+            checkPluginIdentity(schema, op, *restored, attrs);
+        }
+        PluginPtr cloned(plugin->clone());
+        check(cloned != nullptr && cloned.get() != plugin.get(), where + ": clone");
+        if (cloned)
+        {
+            checkPluginIdentity(schema, op, *cloned, attrs);
+        }
+        TestResourceContext context;
+        PluginPtr attached(runtimeOf(*plugin)->attachToContext(&context));
+        check(attached != nullptr && attached.get() != plugin.get(), where + ": attachToContext gives a new plugin");
+        if (attached)
+        {
+            checkPluginIdentity(schema, op, *attached, attrs);
+        }
+    }
+}
+
+void expectRejected(IPluginCreatorV3One& creator, PluginFieldCollection const* fc, std::string const& what,
+    CapturingLogger& logger, std::string const& mention = "")
+{
+    for (TensorRTPhase phase : {TensorRTPhase::kBUILD, TensorRTPhase::kRUNTIME})
+    {
+        int32_t const errorsBefore = logger.errors();
+        PluginPtr plugin(creator.createPlugin("bad_layer", fc, phase));
+        std::string const where = std::string(creator.getPluginName()) + ": " + what
+            + (phase == TensorRTPhase::kBUILD ? " (build)" : " (runtime)");
+        check(plugin == nullptr, where + " is rejected");
+        check(logger.errors() > errorsBefore, where + " logs an error");
+        if (!mention.empty() && logger.errors() > errorsBefore)
+        {
+            check(logger.last().find(mention) != std::string::npos,
+                where + ": the message names " + mention + " (got: " + logger.last() + ")");
+        }
+    }
+}
+
+void checkInvalidSets(SchemaOp const& op, IPluginCreatorV3One& creator, CapturingLogger& logger)
+{
+    Attrs const defaults = defaultsOf(op);
+    expectRejected(creator, nullptr, "a null field collection", logger);
+    for (auto const& a : op.attributes)
+    {
+        auto others = [&](Fields& fields) {
+            for (auto const& b : op.attributes)
+            {
+                if (b.name != a.name)
+                {
+                    fields.addInt(b.name, defaults.at(b.name));
+                }
+            }
+        };
+        int32_t const value = defaults.at(a.name);
+        std::vector<uint8_t> as32(4);
+        std::memcpy(as32.data(), &value, 4);
+        int64_t const wide = value;
+        std::vector<uint8_t> as64(8);
+        std::memcpy(as64.data(), &wide, 8);
+        float const asFloat = static_cast<float>(value);
+        std::vector<uint8_t> asF32(4);
+        std::memcpy(asF32.data(), &asFloat, 4);
+        std::string const text = std::to_string(value);
+        std::vector<uint8_t> asChars(text.begin(), text.end());
+        asChars.push_back(0);
+        std::vector<uint8_t> two32(8, 0);
+        std::memcpy(two32.data(), &value, 4);
+        std::memcpy(two32.data() + 4, &value, 4);
+
+        struct Bad
+        {
+            char const* what;
+            PluginFieldType type;
+            std::vector<uint8_t> bytes;
+            int32_t length;
+        };
+        for (Bad const& bad : {Bad{"as kINT64", PluginFieldType::kINT64, as64, 1},
+                 Bad{"as kFLOAT32", PluginFieldType::kFLOAT32, asF32, 1},
+                 Bad{"as kCHAR", PluginFieldType::kCHAR, asChars, static_cast<int32_t>(asChars.size())},
+                 Bad{"with two values", PluginFieldType::kINT32, two32, 2},
+                 Bad{"with no value", PluginFieldType::kINT32, {}, 0},
+                 Bad{"with null data", PluginFieldType::kINT32, {}, 1}})
+        {
+            Fields fields;
+            fields.add(a.name, bad.type, bad.bytes, bad.length);
+            others(fields);
+            expectRejected(creator, fields.collection(), "field " + a.name + " " + bad.what, logger, a.name);
+        }
+        for (int64_t candidate : {int64_t{-8}, int64_t{-1}, int64_t{0}, int64_t{1}, int64_t{2}, int64_t{3},
+                 int64_t{5}, int64_t{7}, int64_t{9}, int64_t{16}, int64_t{33}, int64_t{127}, int64_t{INT32_MIN},
+                 int64_t{INT32_MAX}})
+        {
+            if (a.valid(candidate))
+            {
+                continue;
+            }
+            Fields fields;
+            fields.addInt(a.name, static_cast<int32_t>(candidate));
+            others(fields);
+            expectRejected(creator, fields.collection(), a.name + "=" + std::to_string(candidate), logger, a.name);
+        }
+        Fields missing;
+        others(missing);
+        expectRejected(creator, missing.collection(), "missing field " + a.name, logger, a.name);
+        Fields twice = fieldsOf(op, defaults);
+        twice.addInt(a.name, value);
+        expectRejected(creator, twice.collection(), "field " + a.name + " given twice", logger, a.name);
+    }
+    Fields unknown = fieldsOf(op, defaults);
+    unknown.addInt("not_an_attribute", 1);
+    expectRejected(creator, unknown.collection(), "an unknown field", logger, "not_an_attribute");
+    for (char const* parserAttr : {"plugin_version", "plugin_namespace"})
+    {
+        // The parser consumes these node attributes itself; the creator does not list them.
+        Fields withParser = fieldsOf(op, defaults);
+        withParser.addInt(parserAttr, 1);
+        expectRejected(creator, withParser.collection(), std::string("the parser attribute ") + parserAttr, logger);
+    }
+}
+
+PluginPtr createDefault(SchemaOp const& op, IPluginCreatorV3One& creator, Attrs const& overrides = {})
+{
+    Attrs attrs = defaultsOf(op);
+    for (auto const& kv : overrides)
+    {
+        attrs[kv.first] = kv.second;
+    }
+    Fields fields = fieldsOf(op, attrs);
+    PluginPtr plugin(creator.createPlugin("layer", fields.collection(), TensorRTPhase::kBUILD));
+    if (!plugin)
+    {
+        throw std::runtime_error(op.name + ": cannot create a plugin with " + describe(attrs));
+    }
+    return plugin;
+}
+
+void checkOutputTypes(SchemaOp const& op, IPluginCreatorV3One& creator)
+{
+    PluginPtr plugin = createDefault(op, creator);
+    IPluginV3OneBuild* build = buildOf(*plugin);
+    // Every combination of the inputs' first and last allowed dtypes.
+    for (int32_t variant = 0; variant < 2; ++variant)
+    {
+        std::vector<DataType> inputTypes;
+        for (auto const& t : op.inputs)
+        {
+            inputTypes.push_back(dataTypeOf(variant == 0 ? t.dtypes.front() : t.dtypes.back()));
+        }
+        std::vector<DataType> outputTypes(op.outputs.size(), DataType::kBOOL);
+        int32_t const status = build->getOutputDataTypes(outputTypes.data(), static_cast<int32_t>(outputTypes.size()),
+            inputTypes.data(), static_cast<int32_t>(inputTypes.size()));
+        check(status == 0, op.name + ": getOutputDataTypes succeeds");
+        for (size_t i = 0; i < op.outputs.size(); ++i)
+        {
+            check(outputTypes[i] == dataTypeOf(op.outputs[i].dtypes.front()),
+                op.name + ": output " + op.outputs[i].name + " is " + op.outputs[i].dtypes.front() + " (got "
+                    + dtypeName(outputTypes[i]) + ")");
+        }
+    }
+    std::vector<DataType> one(1);
+    DataType in[1] = {DataType::kFLOAT};
+    check(build->getOutputDataTypes(one.data(), 1, in, 1) != 0 || op.outputs.size() == 1,
+        op.name + ": getOutputDataTypes refuses a wrong number of tensors");
+}
+
+//! Dtypes TensorRT may pick beyond the schema's own (the schema is the ONNX contract).
+std::vector<std::string> pluginExtraDtypes(std::string const& op, std::string const& tensor)
+{
+    if (op == "Int4MatMul" && tensor == "y")
+    {
+        return {"float16"}; // fp16 networks may take the layer's output in half precision
+    }
+    return {};
+}
+
+void checkFormats(SchemaOp const& op, IPluginCreatorV3One& creator)
+{
+    PluginPtr plugin = createDefault(op, creator);
+    IPluginV3OneBuild* build = buildOf(*plugin);
+    std::vector<SchemaTensor> tensors = op.inputs;
+    tensors.insert(tensors.end(), op.outputs.begin(), op.outputs.end());
+    int32_t const nbInputs = static_cast<int32_t>(op.inputs.size());
+    int32_t const nbOutputs = static_cast<int32_t>(op.outputs.size());
+    std::vector<DynamicPluginTensorDesc> descs;
+    for (auto const& t : tensors)
+    {
+        descs.push_back(dynamicDesc({4, 64}, dataTypeOf(t.dtypes.front())));
+    }
+    DataType const candidates[] = {DataType::kFLOAT, DataType::kHALF, DataType::kINT8, DataType::kINT32,
+        DataType::kBOOL, DataType::kUINT8, DataType::kBF16, DataType::kINT64, DataType::kFP8};
+    for (int32_t pos = 0; pos < nbInputs + nbOutputs; ++pos)
+    {
+        std::vector<std::string> allowed = tensors[pos].dtypes;
+        for (auto const& extra : pluginExtraDtypes(op.name, tensors[pos].name))
+        {
+            allowed.push_back(extra);
+        }
+        for (DataType type : candidates)
+        {
+            bool const expected = std::any_of(
+                allowed.begin(), allowed.end(), [&](std::string const& d) { return dataTypeOf(d) == type; });
+            std::vector<DynamicPluginTensorDesc> trial = descs;
+            trial[pos].desc.type = type;
+            bool const got = build->supportsFormatCombination(pos, trial.data(), nbInputs, nbOutputs);
+            check(got == expected, op.name + ": " + tensors[pos].name + " as " + dtypeName(type) + " is "
+                    + (expected ? "supported" : "refused"));
+        }
+        std::vector<DynamicPluginTensorDesc> vectorized = descs;
+        vectorized[pos].desc.format = TensorFormat::kCHW32;
+        check(!build->supportsFormatCombination(pos, vectorized.data(), nbInputs, nbOutputs),
+            op.name + ": " + tensors[pos].name + " in a vectorized format is refused");
+    }
+    check(!build->supportsFormatCombination(nbInputs + nbOutputs, descs.data(), nbInputs, nbOutputs),
+        op.name + ": a position past the last tensor is refused");
+    check(!build->supportsFormatCombination(0, descs.data(), nbInputs - 1, nbOutputs),
+        op.name + ": a wrong number of inputs is refused");
+}
+
+using Extents = std::vector<int64_t>;
+
+//! Output shapes for constant inputs, or an empty vector when getOutputShapes fails.
+std::vector<Extents> outputShapes(IPluginV3& plugin, std::vector<Extents> const& inputs, size_t nbOutputs,
+    TestExprBuilder& builder, int32_t symbolicLeading = 0, std::vector<IDimensionExpr const*>* symbols = nullptr)
+{
+    std::vector<DimsExprs> in(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i)
+    {
+        in[i].nbDims = static_cast<int32_t>(inputs[i].size());
+        for (size_t j = 0; j < inputs[i].size(); ++j)
+        {
+            bool const symbolic = (i <= 1) && static_cast<int32_t>(j) < symbolicLeading;
+            in[i].d[j] = symbolic ? (symbols != nullptr && j < symbols->size() ? (*symbols)[j] : builder.symbol())
+                                  : builder.constant(inputs[i][j]);
+        }
+    }
+    std::vector<DimsExprs> out(nbOutputs);
+    int32_t const status = buildOf(plugin)->getOutputShapes(in.data(), static_cast<int32_t>(in.size()), nullptr, 0,
+        out.data(), static_cast<int32_t>(out.size()), builder);
+    if (status != 0)
+    {
+        return {};
+    }
+    std::vector<Extents> shapes;
+    for (auto const& o : out)
+    {
+        Extents e;
+        for (int32_t j = 0; j < o.nbDims; ++j)
+        {
+            e.push_back(o.d[j] == nullptr ? -2 : (o.d[j]->isConstant() ? o.d[j]->getConstantValue() : -1));
+        }
+        shapes.push_back(e);
+    }
+    return shapes;
+}
+
+std::string shapeString(Extents const& e)
+{
+    std::string out = "[";
+    for (size_t i = 0; i < e.size(); ++i)
+    {
+        out += (i ? ", " : "") + std::to_string(e[i]);
+    }
+    return out + "]";
+}
+
+void checkQuantizeShapes(SchemaOp const& op, IPluginCreatorV3One& creator)
+{
+    TestExprBuilder builder;
+    for (int32_t bits : {4, 8})
+    {
+        PluginPtr plugin = createDefault(op, creator, {{"bits", bits}});
+        std::string const where = "FreeActQuantize (bits=" + std::to_string(bits) + ")";
+        std::vector<Extents> const inputs
+            = {{3, 5, 64}, {3, 5}, {64}, {8, 8}, {8, 8}, {2, 64}, {2}};
+        std::vector<Extents> const shapes = outputShapes(*plugin, inputs, 2, builder);
+        Extents const codes = {3, 5, bits == 4 ? 32 : 64};
+        check(shapes.size() == 2 && shapes[0] == codes,
+            where + ": codes " + shapeString(codes) + (shapes.empty() ? "" : " (got " + shapeString(shapes[0]) + ")"));
+        check(shapes.size() == 2 && shapes[1] == Extents({3, 5, 1}), where + ": scale [3, 5, 1]");
+
+        // Dynamic token dims flow through unchanged (the same expressions).
+        std::vector<IDimensionExpr const*> symbols = {builder.symbol(), builder.symbol()};
+        std::vector<DimsExprs> in(7);
+        for (size_t i = 0; i < inputs.size(); ++i)
+        {
+            in[i].nbDims = static_cast<int32_t>(inputs[i].size());
+            for (size_t j = 0; j < inputs[i].size(); ++j)
+            {
+                in[i].d[j] = (i <= 1 && j < 2) ? symbols[j] : builder.constant(inputs[i][j]);
+            }
+        }
+        std::vector<DimsExprs> out(2);
+        int32_t const status = buildOf(*plugin)->getOutputShapes(in.data(), 7, nullptr, 0, out.data(), 2, builder);
+        check(status == 0 && out[0].d[0] == symbols[0] && out[0].d[1] == symbols[1] && out[1].d[0] == symbols[0]
+                && out[1].d[1] == symbols[1],
+            where + ": dynamic leading dims pass through to codes and scale");
+
+        std::vector<Extents> odd = inputs;
+        odd[0] = {3, 5, 63};
+        check(outputShapes(*plugin, odd, 2, builder).empty() == (bits == 4),
+            where + ": an odd d is " + (bits == 4 ? "refused" : "accepted"));
+        std::vector<Extents> wrongCount(inputs.begin(), inputs.end() - 1);
+        check(outputShapes(*plugin, wrongCount, 2, builder).empty(), where + ": 6 inputs are refused");
+    }
+}
+
+void checkMatMulShapes(SchemaOp const& op, IPluginCreatorV3One& creator)
+{
+    TestExprBuilder builder;
+    for (int32_t actBits : {4, 8})
+    {
+        PluginPtr plugin = createDefault(op, creator, {{"act_bits", actBits}});
+        std::string const where = "Int4MatMul (act_bits=" + std::to_string(actBits) + ")";
+        int64_t const width = actBits == 4 ? 32 : 64;
+        std::vector<Extents> const inputs = {{3, 5, width}, {3, 5, 1}, {48, 32}, {48, 1}, {48}};
+        std::vector<Extents> const shapes = outputShapes(*plugin, inputs, 1, builder);
+        check(shapes.size() == 1 && shapes[0] == Extents({3, 5, 48}),
+            where + ": y [3, 5, 48]" + (shapes.empty() ? "" : " (got " + shapeString(shapes[0]) + ")"));
+        std::vector<Extents> const shapes2 = outputShapes(*plugin, inputs, 1, builder, 1);
+        check(shapes2.size() == 1 && shapes2[0] == Extents({-1, 5, 48}), where + ": y keeps a dynamic token dim");
+    }
+}
+
+//! configurePlugin and onShapeChange on consistent and inconsistent shapes.
+struct ShapeCase
+{
+    std::string what;
+    Attrs attrs;
+    std::vector<Extents> inputs;
+    std::vector<Extents> outputs;
+    bool valid;
+};
+
+void checkShapeCases(SchemaOp const& op, IPluginCreatorV3One& creator, std::vector<ShapeCase> const& cases,
+    CapturingLogger& logger)
+{
+    for (ShapeCase const& c : cases)
+    {
+        PluginPtr plugin = createDefault(op, creator, c.attrs);
+        std::string const where = op.name + " (" + describe(c.attrs) + "): " + c.what;
+        std::vector<DynamicPluginTensorDesc> in;
+        std::vector<DynamicPluginTensorDesc> out;
+        for (size_t i = 0; i < c.inputs.size(); ++i)
+        {
+            in.push_back(dynamicDesc(c.inputs[i], dataTypeOf(op.inputs[i].dtypes.front())));
+        }
+        for (size_t i = 0; i < c.outputs.size(); ++i)
+        {
+            out.push_back(dynamicDesc(c.outputs[i], dataTypeOf(op.outputs[i].dtypes.front())));
+        }
+        int32_t const errorsBefore = logger.errors();
+        int32_t const configured = buildOf(*plugin)->configurePlugin(
+            in.data(), static_cast<int32_t>(in.size()), out.data(), static_cast<int32_t>(out.size()));
+        check((configured == 0) == c.valid, where + ": configurePlugin " + (c.valid ? "accepts" : "refuses"));
+        check((logger.errors() > errorsBefore) == !c.valid, where + ": an error is logged exactly when refused");
+
+        // At run time every extent is known: a dynamic one becomes 7.
+        std::vector<PluginTensorDesc> inRt;
+        std::vector<PluginTensorDesc> outRt;
+        for (auto d : in)
+        {
+            for (int32_t j = 0; j < d.desc.dims.nbDims; ++j)
+            {
+                d.desc.dims.d[j] = d.desc.dims.d[j] < 0 ? 7 : d.desc.dims.d[j];
+            }
+            inRt.push_back(d.desc);
+        }
+        for (auto d : out)
+        {
+            for (int32_t j = 0; j < d.desc.dims.nbDims; ++j)
+            {
+                d.desc.dims.d[j] = d.desc.dims.d[j] < 0 ? 7 : d.desc.dims.d[j];
+            }
+            outRt.push_back(d.desc);
+        }
+        int32_t const changed = runtimeOf(*plugin)->onShapeChange(
+            inRt.data(), static_cast<int32_t>(inRt.size()), outRt.data(), static_cast<int32_t>(outRt.size()));
+        check((changed == 0) == c.valid, where + ": onShapeChange " + (c.valid ? "accepts" : "refuses"));
+    }
+}
+
+std::vector<ShapeCase> quantizeShapeCases()
+{
+    Attrs const b4{{"bits", 4}, {"kronecker", 1}};
+    Attrs const b8{{"bits", 8}, {"kronecker", 1}};
+    Attrs const noKron{{"bits", 4}, {"kronecker", 0}};
+    Extents const x{-1, 64};
+    Extents const types{-1};
+    Extents const codes4{-1, 32};
+    Extents const codes8{-1, 64};
+    Extents const scale{-1, 1};
+    return {
+        {"shared factors", b4, {x, types, {64}, {8, 8}, {8, 8}, {2, 64}, {2}}, {codes4, scale}, true},
+        {"shared factors, 8 bits", b8, {x, types, {64}, {4, 4}, {16, 16}, {2, 64}, {2}}, {codes8, scale}, true},
+        {"per-type factors", b4, {x, types, {64}, {2, 8, 8}, {2, 8, 8}, {2, 64}, {2}}, {codes4, scale}, true},
+        {"three token types, per-type factors", b4, {{2, -1, 64}, {2, -1}, {64}, {3, 2, 2}, {3, 32, 32}, {3, 64}, {3}},
+            {{2, -1, 32}, {2, -1, 1}}, true},
+        {"kronecker=0 with [[1.]] placeholders", noKron, {x, types, {64}, {1, 1}, {1, 1}, {1, 64}, {1}},
+            {codes4, scale}, true},
+        {"smooth of the wrong length", b4, {x, types, {63}, {8, 8}, {8, 8}, {2, 64}, {2}}, {codes4, scale}, false},
+        {"factors that do not multiply to d", b4, {x, types, {64}, {4, 4}, {8, 8}, {2, 64}, {2}}, {codes4, scale},
+            false},
+        {"a non-square factor", b4, {x, types, {64}, {8, 4}, {8, 8}, {2, 64}, {2}}, {codes4, scale}, false},
+        {"per-type factors for 3 types with 2 masks", b4, {x, types, {64}, {3, 8, 8}, {3, 8, 8}, {2, 64}, {2}},
+            {codes4, scale}, false},
+        {"one shared and one per-type factor", b4, {x, types, {64}, {8, 8}, {2, 8, 8}, {2, 64}, {2}},
+            {codes4, scale}, false},
+        {"clip for 3 types with 2 masks", b4, {x, types, {64}, {8, 8}, {8, 8}, {2, 64}, {3}}, {codes4, scale}, false},
+        {"masks of the wrong width", b4, {x, types, {64}, {8, 8}, {8, 8}, {2, 32}, {2}}, {codes4, scale}, false},
+        {"types of the wrong rank", b4, {x, {-1, 1}, {64}, {8, 8}, {8, 8}, {2, 64}, {2}}, {codes4, scale}, false},
+        {"codes of the 8-bit width at 4 bits", b4, {x, types, {64}, {8, 8}, {8, 8}, {2, 64}, {2}}, {codes8, scale},
+            false},
+        {"an odd d at 4 bits", b4, {{-1, 63}, types, {63}, {7, 7}, {9, 9}, {2, 63}, {2}}, {{-1, 31}, scale}, false},
+    };
+}
+
+std::vector<ShapeCase> matMulShapeCases()
+{
+    Attrs const a4{{"act_bits", 4}, {"group_size", 0}};
+    Attrs const a8{{"act_bits", 8}, {"group_size", 0}};
+    Attrs const g32{{"act_bits", 4}, {"group_size", 32}};
+    Attrs const g24{{"act_bits", 4}, {"group_size", 24}};
+    Extents const codes4{-1, 32};
+    Extents const scale{-1, 1};
+    Extents const y{-1, 48};
+    return {
+        {"per-channel scales", a4, {codes4, scale, {48, 32}, {48, 1}, {48}}, {y}, true},
+        {"8-bit activations", a8, {{-1, 64}, scale, {48, 32}, {48, 1}, {48}}, {y}, true},
+        {"groups of 32", g32, {codes4, scale, {48, 32}, {48, 2}, {48}}, {y}, true},
+        {"batched tokens", a4, {{2, -1, 32}, {2, -1, 1}, {48, 32}, {48, 1}, {48}}, {{2, -1, 48}}, true},
+        {"weight of another d", a4, {codes4, scale, {48, 16}, {48, 1}, {48}}, {y}, false},
+        {"group scales without groups", a4, {codes4, scale, {48, 32}, {48, 2}, {48}}, {y}, false},
+        {"the wrong number of groups", g32, {codes4, scale, {48, 32}, {48, 3}, {48}}, {y}, false},
+        {"a group size that does not divide d", g24, {codes4, scale, {48, 32}, {48, 2}, {48}}, {y}, false},
+        {"bias of the wrong length", a4, {codes4, scale, {48, 32}, {48, 1}, {47}}, {y}, false},
+        {"scale not [..., 1]", a4, {codes4, {-1, 2}, {48, 32}, {48, 1}, {48}}, {y}, false},
+        {"y of the wrong width", a4, {codes4, scale, {48, 32}, {48, 1}, {48}}, {{-1, 47}}, false},
+    };
+}
+
+int32_t runChecks(std::string const& libraryPath, std::string const& schemaPath)
+{
+    Schema const schema = loadSchema(schemaPath);
+    CapturingLogger logger;
+    logger.verbose(std::getenv("FREEACT_HOST_TEST_VERBOSE") != nullptr);
+    TestLoggerFinder finder(&logger);
+    Library lib = openLibrary(libraryPath, true);
+    lib.setLoggerFinder(&finder);
+
+    check(lib.creators.size() == schema.ops.size(), "one creator per schema op");
+    for (SchemaOp const& op : schema.ops)
+    {
+        auto found = lib.creators.find(op.name);
+        check(found != lib.creators.end(), "a creator for " + op.name);
+        if (found == lib.creators.end())
+        {
+            continue;
+        }
+        IPluginCreatorV3One& creator = *found->second;
+        std::cout << "  " << op.name << "\n";
+        checkCreatorIdentity(schema, op, creator);
+        checkValidSets(schema, op, creator, logger);
+        checkInvalidSets(op, creator, logger);
+        checkOutputTypes(op, creator);
+        checkFormats(op, creator);
+        if (op.name == "FreeActQuantize")
+        {
+            checkQuantizeShapes(op, creator);
+            checkShapeCases(op, creator, quantizeShapeCases(), logger);
+        }
+        else if (op.name == "Int4MatMul")
+        {
+            checkMatMulShapes(op, creator);
+            checkShapeCases(op, creator, matMulShapeCases(), logger);
+        }
+        else
+        {
+            check(false, "the host test knows the shapes of " + op.name);
+        }
+    }
+    // Without a logger finder the library must stay silent and still refuse bad fields.
+    lib.setLoggerFinder(nullptr);
+    if (!schema.ops.empty() && lib.creators.count(schema.ops.front().name) != 0)
+    {
+        int32_t const before = logger.errors();
+        PluginPtr plugin(lib.creators[schema.ops.front().name]->createPlugin("layer", nullptr, TensorRTPhase::kBUILD));
+        check(plugin == nullptr && logger.errors() == before, "with no logger finder: refused, nothing logged");
+    }
+    std::cout << gChecks << " checks, " << gFailures << " failed\n";
+    return gFailures == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// run mode: one op on the GPU, through the plugin's own interface
+
+void cudaCheck(cudaError_t status, char const* what)
+{
+    if (status != cudaSuccess)
+    {
+        throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+    }
+}
+
+struct CaseTensor
+{
+    std::string name;
+    DataType type{DataType::kFLOAT};
+    Extents dims;
+};
+
+int64_t volumeOf(Extents const& e)
+{
+    int64_t v = 1;
+    for (int64_t x : e)
+    {
+        v *= x;
+    }
+    return v;
+}
+
+std::vector<char> readBinary(std::string const& path, size_t bytes)
+{
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+    {
+        throw std::runtime_error("cannot read " + path);
+    }
+    std::vector<char> data(bytes);
+    in.read(data.data(), static_cast<std::streamsize>(bytes));
+    if (static_cast<size_t>(in.gcount()) != bytes || in.peek() != std::char_traits<char>::eof())
+    {
+        throw std::runtime_error(path + " does not hold " + std::to_string(bytes) + " bytes");
+    }
+    return data;
+}
+
+int32_t runCase(std::string const& libraryPath, std::string const& caseDir)
+{
+    int32_t devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+    {
+        std::cout << "SKIP: no CUDA device\n";
+        return 77;
+    }
+    std::ifstream spec(caseDir + "/case.txt");
+    if (!spec)
+    {
+        throw std::runtime_error("cannot read " + caseDir + "/case.txt");
+    }
+    std::string opName;
+    Attrs attrs;
+    std::vector<CaseTensor> inputs;
+    std::vector<std::pair<std::string, DataType>> outputs; // in the op's output order
+    std::string line;
+    while (std::getline(spec, line))
+    {
+        std::istringstream words(line);
+        std::string kind;
+        if (!(words >> kind) || kind[0] == '#')
+        {
+            continue;
+        }
+        if (kind == "op")
+        {
+            words >> opName;
+        }
+        else if (kind == "attr")
+        {
+            std::string name;
+            int32_t value = 0;
+            words >> name >> value;
+            attrs[name] = value;
+        }
+        else if (kind == "input")
+        {
+            CaseTensor t;
+            std::string dtype;
+            int32_t rank = 0;
+            words >> t.name >> dtype >> rank;
+            t.type = dataTypeOf(dtype);
+            for (int32_t i = 0; i < rank; ++i)
+            {
+                int64_t e = 0;
+                words >> e;
+                t.dims.push_back(e);
+            }
+            inputs.push_back(t);
+        }
+        else if (kind == "output")
+        {
+            std::string name;
+            std::string dtype;
+            words >> name >> dtype;
+            outputs.emplace_back(name, dataTypeOf(dtype));
+        }
+        else
+        {
+            throw std::runtime_error("case.txt: unknown line '" + line + "'");
+        }
+    }
+
+    CapturingLogger logger;
+    TestLoggerFinder finder(&logger);
+    Library lib = openLibrary(libraryPath, false);
+    lib.setLoggerFinder(&finder);
+    if (lib.creators.count(opName) == 0)
+    {
+        throw std::runtime_error("no creator for op '" + opName + "'");
+    }
+    IPluginCreatorV3One& creator = *lib.creators[opName];
+    Fields fields;
+    for (auto const& kv : attrs)
+    {
+        fields.addInt(kv.first, kv.second);
+    }
+    PluginPtr built(creator.createPlugin(opName.c_str(), fields.collection(), TensorRTPhase::kBUILD));
+    if (!built)
+    {
+        throw std::runtime_error("createPlugin refused the case's attributes: " + logger.last());
+    }
+    IPluginV3OneBuild* build = buildOf(*built);
+    int32_t const nbInputs = static_cast<int32_t>(inputs.size());
+    int32_t const nbOutputs = build->getNbOutputs();
+
+    // Build phase, as TensorRT runs it: types, shapes, formats, configure.
+    std::vector<DataType> inTypes;
+    for (auto const& t : inputs)
+    {
+        inTypes.push_back(t.type);
+    }
+    std::vector<DataType> outTypes(nbOutputs);
+    if (build->getOutputDataTypes(outTypes.data(), nbOutputs, inTypes.data(), nbInputs) != 0)
+    {
+        throw std::runtime_error("getOutputDataTypes failed: " + logger.last());
+    }
+    TestExprBuilder builder;
+    std::vector<Extents> inDims;
+    for (auto const& t : inputs)
+    {
+        inDims.push_back(t.dims);
+    }
+    std::vector<Extents> outDims = outputShapes(*built, inDims, nbOutputs, builder);
+    if (outDims.size() != static_cast<size_t>(nbOutputs))
+    {
+        throw std::runtime_error("getOutputShapes failed: " + logger.last());
+    }
+    if (outputs.size() != static_cast<size_t>(nbOutputs))
+    {
+        throw std::runtime_error("case.txt must name the op's " + std::to_string(nbOutputs) + " outputs in order");
+    }
+    std::vector<DynamicPluginTensorDesc> inDesc;
+    std::vector<DynamicPluginTensorDesc> outDesc;
+    for (auto const& t : inputs)
+    {
+        inDesc.push_back(dynamicDesc(t.dims, t.type));
+    }
+    for (int32_t i = 0; i < nbOutputs; ++i)
+    {
+        // The case may ask for another supported output type (Int4MatMul's y in float16).
+        outTypes[i] = outputs[i].second;
+        outDesc.push_back(dynamicDesc(outDims[i], outTypes[i]));
+    }
+    std::vector<DynamicPluginTensorDesc> all = inDesc;
+    all.insert(all.end(), outDesc.begin(), outDesc.end());
+    for (int32_t pos = 0; pos < nbInputs + nbOutputs; ++pos)
+    {
+        if (!build->supportsFormatCombination(pos, all.data(), nbInputs, nbOutputs))
+        {
+            throw std::runtime_error("the plugin does not support tensor " + std::to_string(pos) + " as given");
+        }
+    }
+    if (build->configurePlugin(inDesc.data(), nbInputs, outDesc.data(), nbOutputs) != 0)
+    {
+        throw std::runtime_error("configurePlugin failed: " + logger.last());
+    }
+
+    // Runtime phase, as an engine runs it: rebuilt from the serialized fields, attached, shaped, enqueued.
+    PluginPtr plugin(creator.createPlugin(opName.c_str(), runtimeOf(*built)->getFieldsToSerialize(),
+        TensorRTPhase::kRUNTIME));
+    if (!plugin)
+    {
+        throw std::runtime_error("the runtime creator refused the serialized fields: " + logger.last());
+    }
+    TestResourceContext context;
+    PluginPtr attached(runtimeOf(*plugin)->attachToContext(&context));
+    if (!attached)
+    {
+        throw std::runtime_error("attachToContext failed");
+    }
+    IPluginV3OneRuntime* runtime = runtimeOf(*attached);
+    std::vector<PluginTensorDesc> inRt;
+    std::vector<PluginTensorDesc> outRt;
+    for (auto const& d : inDesc)
+    {
+        inRt.push_back(d.desc);
+    }
+    for (auto const& d : outDesc)
+    {
+        outRt.push_back(d.desc);
+    }
+    if (runtime->onShapeChange(inRt.data(), nbInputs, outRt.data(), nbOutputs) != 0)
+    {
+        throw std::runtime_error("onShapeChange failed: " + logger.last());
+    }
+
+    std::vector<void*> deviceIn(nbInputs, nullptr);
+    std::vector<void*> deviceOut(nbOutputs, nullptr);
+    std::vector<size_t> outBytes(nbOutputs);
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        size_t const bytes = static_cast<size_t>(volumeOf(inputs[i].dims)) * elementSize(inputs[i].type);
+        std::vector<char> host = readBinary(caseDir + "/" + inputs[i].name + ".bin", bytes);
+        cudaCheck(cudaMalloc(&deviceIn[i], std::max<size_t>(bytes, 1)), "cudaMalloc");
+        cudaCheck(cudaMemcpy(deviceIn[i], host.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+    }
+    for (int32_t i = 0; i < nbOutputs; ++i)
+    {
+        outBytes[i] = static_cast<size_t>(volumeOf(outDims[i])) * elementSize(outTypes[i]);
+        cudaCheck(cudaMalloc(&deviceOut[i], std::max<size_t>(outBytes[i], 1)), "cudaMalloc");
+        cudaCheck(cudaMemset(deviceOut[i], 0xFF, outBytes[i]), "cudaMemset");
+    }
+    cudaStream_t stream = nullptr;
+    cudaCheck(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    int32_t const status
+        = runtime->enqueue(inRt.data(), outRt.data(), deviceIn.data(), deviceOut.data(), nullptr, stream);
+    cudaCheck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    if (status != 0)
+    {
+        throw std::runtime_error("enqueue failed: " + logger.last());
+    }
+    std::ofstream manifest(caseDir + "/outputs.txt");
+    for (int32_t i = 0; i < nbOutputs; ++i)
+    {
+        std::vector<char> host(outBytes[i]);
+        cudaCheck(cudaMemcpy(host.data(), deviceOut[i], outBytes[i], cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+        std::ofstream out(caseDir + "/" + outputs[i].first + ".bin", std::ios::binary);
+        out.write(host.data(), static_cast<std::streamsize>(host.size()));
+        manifest << outputs[i].first << " " << dtypeName(outTypes[i]) << " " << outDims[i].size();
+        for (int64_t e : outDims[i])
+        {
+            manifest << " " << e;
+        }
+        manifest << "\n";
+    }
+    cudaStreamDestroy(stream);
+    for (void* p : deviceIn)
+    {
+        cudaFree(p);
+    }
+    for (void* p : deviceOut)
+    {
+        cudaFree(p);
+    }
+    std::cout << opName << " ran (" << describe(attrs) << ")\n";
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    try
+    {
+        std::string const mode = argc > 1 ? argv[1] : "";
+        if (mode == "check" && argc == 4)
+        {
+            return runChecks(argv[2], argv[3]);
+        }
+        if (mode == "run" && argc == 4)
+        {
+            return runCase(argv[2], argv[3]);
+        }
+        std::cerr << "usage: freeact_host_test check LIB.so SCHEMA.json | run LIB.so CASE_DIR\n";
+        return 2;
+    }
+    catch (std::exception const& e)
+    {
+        std::cout << "ERROR: " << e.what() << "\n";
+        return 1;
+    }
+}
