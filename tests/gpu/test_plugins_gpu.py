@@ -1,0 +1,138 @@
+"""The TensorRT plugins on a GPU, through their own interface, against the NumPy reference.
+
+The host test's run mode (plugins_trt/tests/hostTest.cpp) takes each plugin the way TensorRT does:
+creator (build phase) → output types and shapes → supportsFormatCombination → configurePlugin →
+serialized fields → creator (runtime phase) → attachToContext → onShapeChange → enqueue on a stream,
+on inputs written here, and writes the outputs back. Codes equal the reference's except where float
+summation order decides a rounding tie (±1, rare); scales and Int4MatMul outputs within float32
+rounding. Skipped as a whole, with the reason, without a CUDA device or nvcc/cmake.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from freeact_export.ops import reference
+from freeact_export.runtime import plugin_lib
+
+
+def _cuda_devices() -> int:
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+if _cuda_devices() == 0:
+    pytest.skip("no CUDA device here (libcuda reports none)", allow_module_level=True)
+if shutil.which("nvcc") is None or shutil.which("cmake") is None:
+    pytest.skip("building plugins_trt needs nvcc and cmake", allow_module_level=True)
+
+DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.int32): "int32",
+               np.dtype(np.int8): "int8"}
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plugins_trt_gpu")
+    plugin_lib.build(folder, cuda_archs="native", jobs=4)
+    return folder
+
+
+def _run(build_dir, case_dir, op: str, attrs: dict[str, int], inputs: dict[str, np.ndarray],
+         outputs: dict[str, str]) -> dict[str, np.ndarray]:
+    lines = [f"op {op}"] + [f"attr {k} {v}" for k, v in attrs.items()]
+    for name, array in inputs.items():
+        array = np.ascontiguousarray(array)
+        lines.append(f"input {name} {DTYPE_NAMES[array.dtype]} {array.ndim} {' '.join(map(str, array.shape))}")
+        (case_dir / f"{name}.bin").write_bytes(array.tobytes())
+    lines += [f"output {name} {dtype}" for name, dtype in outputs.items()]
+    (case_dir / "case.txt").write_text("\n".join(lines) + "\n")
+    command = [str(build_dir / plugin_lib.HOST_TEST_NAME), "run", str(build_dir / plugin_lib.LIBRARY_NAME),
+               str(case_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = {}
+    for line in (case_dir / "outputs.txt").read_text().splitlines():
+        name, dtype, rank, *dims = line.split()
+        assert int(rank) == len(dims)
+        results[name] = np.fromfile(case_dir / f"{name}.bin", dtype=dtype).reshape([int(d) for d in dims])
+    return results
+
+
+def _quantize_inputs(rng, lead, d, d1, types_count, per_type, x_dtype):
+    d2 = d // d1
+    shape = (types_count, d1, d1) if per_type else (d1, d1)
+    shape2 = (types_count, d2, d2) if per_type else (d2, d2)
+    masks = np.ones((types_count, d), np.float32)
+    masks[1:, : d // 8] = 0  # types past the first drop a block, as FreeAct's masks do
+    return {
+        "x": (rng.standard_normal((*lead, d)) * 3).astype(x_dtype),
+        "types": rng.integers(0, types_count, lead).astype(np.int32),
+        "smooth": rng.uniform(0.5, 2.0, d).astype(np.float32) * rng.choice([-1, 1], d).astype(np.float32),
+        "kron_1": (rng.standard_normal(shape) / np.sqrt(d1)).astype(np.float32),
+        "kron_2": (rng.standard_normal(shape2) / np.sqrt(d2)).astype(np.float32),
+        "masks": masks,
+        "clip": rng.uniform(0.8, 1.0, types_count).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize(("bits", "kronecker", "per_type", "x_dtype", "lead"), [
+    (4, 1, False, np.float32, (37,)),
+    (4, 1, True, np.float32, (2, 19)),
+    (8, 1, False, np.float16, (5,)),
+    (8, 1, True, np.float32, (64,)),
+    (4, 0, False, np.float16, (1,)),
+])
+def test_freeact_quantize_plugin_matches_the_reference(build_dir, tmp_path, bits, kronecker, per_type, x_dtype, lead):
+    rng = np.random.default_rng(bits * 10 + kronecker + per_type)
+    d, d1 = 256, 16
+    inputs = _quantize_inputs(rng, lead, d, d1, 3, per_type, x_dtype)
+    if not kronecker:
+        inputs["kron_1"] = np.ones((1, 1), np.float32)
+        inputs["kron_2"] = np.ones((1, 1), np.float32)
+    got = _run(build_dir, tmp_path, "FreeActQuantize", {"bits": bits, "kronecker": kronecker}, inputs,
+               {"codes": "int8", "scale": "float32"})
+    codes, scale = reference.freeact_quantize(**inputs, bits=bits, kronecker=kronecker)
+    assert got["codes"].shape == codes.shape and got["scale"].shape == scale.shape
+    np.testing.assert_allclose(got["scale"], scale, rtol=1e-5)
+    unpack = reference.unpack_int4 if bits == 4 else (lambda c: c)
+    diff = np.abs(unpack(got["codes"]).astype(np.int16) - unpack(codes).astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 2e-3  # rounding ties only
+
+
+@pytest.mark.parametrize(("act_bits", "group_size", "y_dtype", "lead"), [
+    (4, 0, "float32", (1,)),
+    (4, 64, "float32", (3, 11)),
+    (8, 0, "float32", (96,)),
+    (4, 0, "float16", (17,)),
+])
+def test_int4_matmul_plugin_matches_the_reference(build_dir, tmp_path, act_bits, group_size, y_dtype, lead):
+    rng = np.random.default_rng(act_bits * 100 + group_size)
+    d, n = 512, 192
+    qmax = 7 if act_bits == 4 else 127
+    acts = rng.integers(-qmax - 1, qmax + 1, (*lead, d)).astype(np.int8)
+    w = rng.integers(-8, 8, (n, d)).astype(np.int8)
+    groups = 1 if group_size == 0 else d // group_size
+    inputs = {
+        "codes": reference.pack_int4(acts).view(np.int8) if act_bits == 4 else acts,
+        "scale": rng.uniform(0.01, 0.1, (*lead, 1)).astype(np.float32),
+        "weight": reference.pack_int4(w).view(np.int8),
+        "weight_scale": rng.uniform(0.001, 0.01, (n, groups)).astype(np.float32),
+        "bias": rng.standard_normal(n).astype(np.float32),
+    }
+    got = _run(build_dir, tmp_path, "Int4MatMul", {"act_bits": act_bits, "group_size": group_size}, inputs,
+               {"y": y_dtype})
+    y = reference.int4_matmul(**inputs, act_bits=act_bits, group_size=group_size)
+    assert got["y"].shape == y.shape and got["y"].dtype == np.dtype(y_dtype)
+    tolerance = 1e-5 if y_dtype == "float32" else 2e-3
+    np.testing.assert_allclose(got["y"].astype(np.float32), y, rtol=tolerance, atol=tolerance * np.abs(y).max())
