@@ -191,13 +191,9 @@ __global__ void __launch_bounds__(kThreads) matmulSimtKernel(MatMulParams p)
     for (int64_t tb = blockIdx.y; tb < tokenBlocks; tb += gridDim.y)
     {
         int64_t const tok0 = tb * T;
-        int8_t const* aRow[T];
-#pragma unroll
-        for (int32_t t = 0; t < T; ++t)
-        {
-            int64_t const tok = min(tok0 + t, p.tokens - 1);
-            aRow[t] = p.codes + tok * actPitch;
-        }
+        // Token rows past the end repeat the last token (not stored); computed per use to save registers.
+        int8_t const* aBase = p.codes + tok0 * actPitch;
+        int32_t const tLast = static_cast<int32_t>(min(static_cast<int64_t>(T - 1), p.tokens - 1 - tok0));
         float accF[kR][T];
 #pragma unroll
         for (int32_t r = 0; r < kR; ++r)
@@ -238,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) matmulSimtKernel(MatMulParams p)
 #pragma unroll
                         for (int32_t r = 0; r < kR; ++r)
                         {
-                            accI[r][t] = chunkDot<C, ACT>(wc[r], aRow[t], chunk, accI[r][t]);
+                            accI[r][t] = chunkDot<C, ACT>(wc[r], aBase + min(t, tLast) * actPitch, chunk, accI[r][t]);
                         }
                     }
                 }
