@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 
@@ -27,3 +28,21 @@ def tiny_text_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     return save_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def plugin_build(tmp_path_factory):
+    """plugins_trt built once per test run (library, host test, kernel math test) in a temporary folder.
+
+    One CUDA architecture: the CPU tests check that the sources compile and link and that the
+    interfaces hold; nvcc's time grows with every architecture, and the default four
+    (80;87;89;90) are built by plugins_trt's README command. Skipped where nvcc or cmake is missing.
+    """
+    from freeact_export.runtime import plugin_lib
+
+    missing = [tool for tool in ("nvcc", "cmake") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"building plugins_trt needs {' and '.join(missing)}")
+    folder = tmp_path_factory.mktemp("plugins_trt_build")
+    plugin_lib.build(folder, cuda_archs="80", jobs=2)
+    return folder

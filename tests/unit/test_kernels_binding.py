@@ -13,23 +13,12 @@ import torch
 
 from freeact_export.cli import main
 from freeact_export.errors import UserError
-from freeact_export.runtime import kernels
+from freeact_export.runtime import kernels, plugin_lib
 from test_cli import assert_one_line_error, run_cli
 
 
-def _built_library():
-    try:
-        from freeact_export.runtime.plugin_lib import library_path
-
-        return library_path()
-    except ImportError as err:
-        pytest.skip(f"freeact_export.runtime.plugin_lib is not in this checkout yet ({err})")
-    except UserError as err:
-        pytest.skip(f"the plugin library is not built: {err}")
-
-
-def test_the_library_loads_and_reports_the_c_api_version_without_a_gpu():
-    path = _built_library()
+def test_the_library_loads_and_reports_the_c_api_version_without_a_gpu(plugin_build):
+    path = plugin_build / plugin_lib.LIBRARY_NAME
     lib = kernels.load_library(str(path))
     assert kernels.library_version(str(path)) == kernels.C_API_VERSION
     assert len(lib.freeactQuantize.argtypes) == 19 and lib.freeactQuantize.restype is ctypes.c_int32

@@ -29,13 +29,8 @@ KERNEL_MATH_TEST_NAME = "freeact_kernel_math_test"
 
 
 @pytest.fixture(scope="module")
-def build_dir(tmp_path_factory):
-    # One architecture: CI checks that the sources compile and link and that the interface holds;
-    # nvcc's time grows with every architecture, and the default four (80;87;89;90) are built by the
-    # README's command.
-    folder = tmp_path_factory.mktemp("plugins_trt_build")
-    plugin_lib.build(folder, cuda_archs="80", jobs=2)
-    return folder
+def build_dir(plugin_build):
+    return plugin_build
 
 
 @pytest.fixture(scope="module")
