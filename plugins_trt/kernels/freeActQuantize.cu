@@ -62,6 +62,9 @@ constexpr int32_t kThreads = 256;
 constexpr int32_t kWarps = kThreads / 32;
 constexpr int32_t kMaxTile = 8;
 constexpr int32_t kTailFloats = 64; //!< slack after each buffer for over-reads of discarded columns
+// The only over-read: productLeft's float4 loads cover columns [j0, j0 + 32/Q) of each row, up to 32/Q - 2
+// <= 30 floats past the last grid of a buffer (its rows are read with a clamped offset in productRight).
+static_assert(kTailFloats >= 32, "tail must cover productLeft's over-read of up to 30 floats");
 
 struct QuantizeParams
 {
@@ -765,7 +768,12 @@ cudaError_t launchFreeActQuantize(void const* x, FloatType xType, int32_t const*
     int32_t const q = shape.kronecker ? chooseQ(p.d1, p.d2) : 1;
     p.inPlace = (!shape.kronecker || (p.d1 <= 32 * q && p.d2 <= 32 * q)) ? 1 : 0;
     int32_t const rows = 32 / q;
-    int32_t const tail = rows * p.stride + kTailFloats;
+    // Fix: the tail was rows * stride + kTailFloats (32 / Q extra grid rows, up to 32 rows of d floats when
+    // kronecker = 0 or for a dense transform), which no kernel reads (see kTailFloats). It pushed tokens
+    // that fit into the per-token fallback: on H100, kronecker = 0 from d ~ 1750 and dense transforms from
+    // d ~ 3200 (d = 4096: the row kernel streams the d x d matrix once per token and runs 2 d __syncthreads
+    // per token), and it made the header's figures (d = 4096, 64 x 64: 66 KB) 71 KB.
+    int32_t const tail = kTailFloats;
     int32_t wantTile = shape.kronecker ? (kWarps + tasksPerToken(q, p.d1, p.d2) - 1) / tasksPerToken(q, p.d1, p.d2)
                                        : kWarps;
     if (shape.kronecker && p.d1 < rows)
