@@ -344,3 +344,26 @@ def _peak_rss_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def build_engine(folder: str | Path, output: str | Path | None = None, profile=None, spec=None, *,
+                 timing_cache: str | Path | None = None, plugin_library: str | Path | None = None,
+                 overwrite: bool = False) -> dict:
+    """TensorRT engine of DIR/plugin.onnx with the plugin library loaded; see runtime/trt_engine.py.
+
+    Args:
+        profile: a trt_engine.ProfileSpec (default: 1..2048 tokens, batch 1).
+        spec: a trt_engine.BuildSpec (default: fp16).
+    """
+    from freeact_export.runtime import trt_engine
+
+    return trt_engine.build_engine(folder, output, profile or trt_engine.ProfileSpec(), spec or trt_engine.BuildSpec(),
+                                   timing_cache=timing_cache, plugin_library=plugin_library, overwrite=overwrite)
+
+
+def bundle(folder: str | Path, output: str | Path, engine: str | Path | None = None, *,
+           overwrite: bool = False) -> dict:
+    """Edge bundle (engine, plugin library, manifest, runner.py) of a built engine; see deploy/bundle.py."""
+    from freeact_export.deploy.bundle import bundle as make_bundle
+
+    return make_bundle(folder, output, engine, overwrite=overwrite)

@@ -24,7 +24,8 @@ The pipeline, one stage per command:
   quantize  a quantization plan and its simulated perplexity (FreeAct and every baseline)
   MODEL.onnx  the ONNX-in path: calibrate, plan, rewrite to plugin + portable graphs, check
   check     three-way parity: simulation, plugin graph, portable graph (Polygraphy)
-  build     TensorRT engine from the plugin graph                             [coming]
+  build     TensorRT engine from the plugin graph (needs TensorRT and an NVIDIA GPU)
+  bundle    edge bundle: engine, plugin library, manifest, standalone runner.py
   triton    Triton Inference Server model repository                          [coming]
 
 Models: a name (smollm2-135m), a Hugging Face folder, a .gguf file, or an ONNX model.
@@ -330,15 +331,19 @@ def _add_check(sub) -> None:
     p.add_argument("--corpus", default="wiki", metavar="C", help="(default: wiki)")
     p.add_argument("--windows", type=int, default=32, help="eval windows for the perplexities (default: 32)")
     p.add_argument("--no-eval", action="store_true", help="parity only, no perplexities")
-    p.set_defaults(run=lambda args: _check_and_print(args.folder, args.corpus, None if args.no_eval else args.windows))
+    p.add_argument("--engine", metavar="PATH",
+                   help="TensorRT engine folder (or its model.plan) to add to the comparison (default: DIR/engine "
+                        "when it exists; needs TensorRT and the GPU it was built for)")
+    p.set_defaults(run=lambda args: _check_and_print(args.folder, args.corpus, None if args.no_eval else args.windows,
+                                                     args.engine))
 
 
-def _check_and_print(folder: str, corpus: str, windows: int | None) -> None:
+def _check_and_print(folder: str, corpus: str, windows: int | None, engine: str | None = None) -> None:
     from freeact_export.config import EvalSpec
     from freeact_export.parity.check import check
 
     spec = None if windows is None else _spec(EvalSpec, windows=windows)
-    record = check(folder, corpus=corpus, eval_spec=spec)
+    record = check(folder, corpus=corpus, eval_spec=spec, engine=engine)
     if record["simulation_skipped"]:
         print(f"simulation skipped: {record['simulation_skipped']}")
     if record["noise_floor"]:
@@ -360,6 +365,7 @@ def _check_and_print(folder: str, corpus: str, windows: int | None) -> None:
             first = c["first_differences"][0]
             print(f"  codes first differ at {first['group']} ({first['codes_different']} of {first['codes']}, "
                   f"by {first['max_code_difference']}): a rounding tie decided by float order")
+    _print_tensorrt(record["tensorrt"])
     if "perplexity" in record:
         p = record["perplexity"]
         line = f"perplexity ({p['windows']} x {p['seqlen']}, {p['corpus']}): portable (onnxruntime) {p['portable']:.3f}"
@@ -372,6 +378,107 @@ def _check_and_print(folder: str, corpus: str, windows: int | None) -> None:
     print(f"check {'passed' if record['passed'] else 'FAILED'}; inputs, outputs and check.json in {folder}/check/")
     if not record["passed"]:
         raise UserError(f"parity check failed for {folder} (details in {folder}/check/check.json)")
+
+
+def _print_tensorrt(trt) -> None:
+    if isinstance(trt, str):
+        print(f"tensorrt {trt}")
+        return
+    print(f"tensorrt engine ({trt['precision']}, TensorRT {trt['tensorrt_version']}, {trt['gpu']['name']}): "
+          f"outputs must reach SQNR {trt['min_sqnr_db']:.1f} dB")
+    for c in trt["comparisons"]:
+        for name, o in c["outputs"].items():
+            print(f"  {' vs '.join(c['pair'])} {name}: max|diff| {o['max_abs_diff']:.3g}, mean|diff| "
+                  f"{o['mean_abs_diff']:.3g}, SQNR {o['sqnr_db']:.1f} dB {'pass' if o['passed'] else 'FAIL'}")
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser(
+        "build", formatter_class=_formatter, help="TensorRT engine from the plugin graph",
+        description=textwrap.dedent("""\
+            Build a TensorRT engine from DIR/plugin.onnx with the FreeAct plugin library loaded
+            (TensorRT's plugin registry, load_library). One optimisation profile covers 1..--max-tokens
+            new tokens and batch 1..--max-batch over the graph's dynamic inputs (input_ids,
+            attention_mask, position_ids, and past_key_values.* with 0..--max-past cached tokens in a
+            KV-cache graph). The tactic timing cache is loaded when it exists and saved after.
+            Writes an engine folder (default DIR/engine/): model.plan and build.json (TensorRT and
+            CUDA versions, GPU and compute capability, flags, profile, plugin library sha256).
+            Needs TensorRT's Python package and an NVIDIA GPU; the engine runs only on GPUs of the
+            same compute capability, with the same TensorRT (or later 10.x: --version-compatible)."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export build out/smollm2-freeact-w4a4 --max-tokens 2048
+              freeact-export build out/q --max-tokens 512 --max-batch 8 --version-compatible -o out/q-engine-vc
+              FREEACT_PLUGIN_LIB=/opt/freeact/libfreeact_trt_plugins.so freeact-export build out/q"""))
+    p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
+    p.add_argument("-o", "--output", metavar="ENGINE_DIR", help="engine folder to create (default: DIR/engine)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="new tokens per request, at most (default: 2048)")
+    p.add_argument("--max-batch", type=int, default=1, help="requests per batch, at most (default: 1)")
+    p.add_argument("--opt-tokens", type=int, metavar="N", help="tokens TensorRT tunes for (default: max // 2)")
+    p.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT tunes for (default: 1)")
+    p.add_argument("--max-past", type=int, metavar="N",
+                   help="KV-cache graphs: cached tokens, at most (default: --max-tokens)")
+    p.add_argument("--no-fp16", action="store_true", help="keep the floating-point layers in fp32")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="engine loadable by later TensorRT 10.x runtimes (lean runtime and plugin library embedded)")
+    p.add_argument("--exclude-lean-runtime", action="store_true",
+                   help="with --version-compatible: leave the lean runtime out (the runtime must bring it)")
+    p.add_argument("--timing-cache", metavar="PATH", help="tactic timing cache (default: DIR/timing.cache)")
+    p.add_argument("--plugin-library", metavar="PATH",
+                   help="plugin library (default: $FREEACT_PLUGIN_LIB, else "
+                        "plugins_trt/build/libfreeact_trt_plugins.so)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
+    p.set_defaults(run=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> None:
+    from freeact_export import api
+    from freeact_export.runtime.trt_engine import BuildSpec, ProfileSpec
+
+    profile = _spec(ProfileSpec, max_tokens=args.max_tokens, max_batch=args.max_batch, opt_tokens=args.opt_tokens,
+                    opt_batch=args.opt_batch, max_past=args.max_past)
+    spec = _spec(BuildSpec, fp16=not args.no_fp16, version_compatible=args.version_compatible,
+                 exclude_lean_runtime=args.exclude_lean_runtime)
+    record = api.build_engine(args.folder, args.output, profile, spec, timing_cache=args.timing_cache,
+                              plugin_library=args.plugin_library, overwrite=args.overwrite)
+    out = args.output or f"{args.folder}/engine"
+    flags = ", ".join(k for k, v in record["tensorrt"].items() if v is True) or "fp32"
+    print(f"built {out}/model.plan in {record['build_s']:.0f} s: TensorRT {record['tensorrt']['version']} ({flags}), "
+          f"{record['gpu']['name']} ({record['gpu']['sm']}), CUDA {record['cuda']['driver']} driver")
+    for name, s in record["profile"].items():
+        print(f"  profile {name}: min {s['min']} opt {s['opt']} max {s['max']}")
+    print(f"wrote {out}/build.json; timing cache {record['timing_cache']}")
+
+
+def _add_bundle(sub) -> None:
+    p = sub.add_parser(
+        "bundle", formatter_class=_formatter, help="edge bundle: engine, plugin library, manifest, runner.py",
+        description=textwrap.dedent("""\
+            Pack a built engine (from 'freeact-export build') into a bundle folder for an edge GPU:
+            model.plan, the plugin library it was built with, build.json, manifest.json (TensorRT
+            and CUDA versions, GPU architecture sm_XY, sha256 of every file and of plugin.onnx and
+            plan/) and runner.py, a standalone script (numpy + TensorRT) that checks the machine
+            and the files against the manifest, refuses a mismatch with one line and exit status 2,
+            and otherwise runs one request and prints the argmax token per position. The bundle is
+            a plain folder; 'tar czf bundle.tar.gz BUNDLE' packs it for transport."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export bundle out/smollm2-freeact-w4a4 -o out/smollm2-orin
+              python out/smollm2-orin/runner.py 1 4093 17 29     # on the target machine"""))
+    p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
+    p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.add_argument("--engine", metavar="ENGINE_DIR", help="engine folder (default: DIR/engine)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(run=_run_bundle)
+
+
+def _run_bundle(args: argparse.Namespace) -> None:
+    from freeact_export import api
+
+    manifest = api.bundle(args.folder, args.output, args.engine, overwrite=args.overwrite)
+    print(f"wrote {args.output}/ ({', '.join(manifest['files'])}, manifest.json) for {manifest['gpu']['sm']} "
+          f"({manifest['gpu']['name']}), TensorRT {manifest['tensorrt']['version']}")
+    print(f"on the target: python {args.output}/runner.py TOKEN_ID ...")
 
 
 def _calib_override(args: argparse.Namespace):
@@ -398,13 +505,6 @@ def _spec(factory, *args, **fields):
 
 # Commands whose stage lands with a later issue: their help already says what they will do.
 PLANNED = {
-    "build": (
-        "TensorRT engine from the plugin graph",
-        """\
-        Build a TensorRT engine (fp16, an optimisation profile for 1..max tokens, timing
-        cache) from the plugin graph with the FreeAct plugin library loaded. Planned form:
-          freeact-export build DIR --max-tokens 2048
-        Not available in this version yet: it lands with the TensorRT plugins."""),
     "triton": (
         "Triton Inference Server model repository",
         """\
@@ -429,7 +529,7 @@ def _not_yet(name: str) -> None:
                     f"see '{PROG} {name} --help' for what it will do")
 
 
-COMMANDS = ("eval", "export", "quantize", "rewrite", "check", *PLANNED)
+COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", *PLANNED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -443,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(sub)
     _add_rewrite(sub)
     _add_check(sub)
+    _add_build(sub)
+    _add_bundle(sub)
     for name in PLANNED:
         _add_planned(sub, name)
     return parser
