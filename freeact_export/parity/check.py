@@ -5,6 +5,9 @@ Runners, on the same saved inputs (sample texts, a padded batch, and an eval-cor
               named in source.json; skipped with the reason where it is not available)
   plugin      plugin.onnx in ONNX Runtime, FreeActQuantize / Int4MatMul by the NumPy reference ops
   portable    portable.onnx in ONNX Runtime, standard ops only
+  tensorrt    the TensorRT engine of plugin.onnx (DIR/engine/ from 'build', or engine=) where
+              TensorRT and the GPU it was built for are present; judged apart, per output
+              (parity/trt_compare.py); otherwise check.json says "tensorrt": "skipped: <reason>"
 
 What must hold:
   weights     the INT4 codes in both graphs are the plan's, exactly;
@@ -50,6 +53,7 @@ from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten
 from freeact_export.ops.reference import session_options, unpack_int4
 from freeact_export.parity.logits import sample_batches
+from freeact_export.parity.trt_compare import TRT_RUNNER, compare_tensorrt, tensorrt_runner
 from freeact_export.plan import Plan
 from freeact_export.rewrite.graphs import codes_name, weight_name
 from freeact_export.runtime.ort_lm import OrtLogits, exact_session_options, session_with_outputs
@@ -147,8 +151,12 @@ def _check_weights(folder: Path, plan: Plan) -> dict:
 
 
 def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | None = EvalSpec(),
-          progress: bool = True) -> dict:
-    """Run the three-way comparison and (unless eval_spec is None) both perplexities; write DIR/check/."""
+          progress: bool = True, engine: str | Path | None = None) -> dict:
+    """Run the three-way comparison and (unless eval_spec is None) both perplexities; write DIR/check/.
+
+    The TensorRT engine in `engine` (an engine folder or its model.plan; default DIR/engine/) joins
+    when it can run here.
+    """
     path, plan, _ = load_rewritten(folder)
     source = ModelSource(str(path), "onnx", path / PORTABLE_GRAPH, path)
     tok = load_tokenizer(source)
@@ -170,10 +178,13 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     runners.append(OnnxrtRunner(_tapped_session(path / PLUGIN_GRAPH, plugin_session_options(), extra), name="plugin"))
     runners.append(OnnxrtRunner(_tapped_session(path / PORTABLE_GRAPH, exact_session_options(), extra),
                                 name="portable"))
+    trt_runner, trt_info = tensorrt_runner(path, engine, feeds)
+    if trt_runner is not None:
+        runners.append(trt_runner)
     start = time.perf_counter()
     G_LOGGER.module_severity = G_LOGGER.WARNING if progress else G_LOGGER.ERROR
     results = Comparator.run(runners, data_loader=feeds)
-    names = [r.name for r in runners if r.name != FLOOR_RUNNER]
+    names = [r.name for r in runners if r.name not in (FLOOR_RUNNER, TRT_RUNNER)]
     floor = _compare(results, "simulation", FLOOR_RUNNER, [], False, feeds, True) if simulated else None
     atol = max(MIN_ATOL, FLOOR_ATOL_FACTOR * floor["logits_max_abs_diff"]) if floor else FALLBACK_ATOL
     min_sqnr = min(LOGITS_MIN_SQNR_DB, floor["logits_sqnr_db"] - FLOOR_MARGIN_DB) if floor else LOGITS_MIN_SQNR_DB
@@ -193,6 +204,7 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
         a_name, b_name = runners[a].name, runners[b].name
         passed = all(map(bool, accuracy[0][(a_name, b_name)]))
         record["comparisons"].append(_compare(results, a_name, b_name, group_names, packed, feeds, passed, min_sqnr))
+    record["tensorrt"] = trt_info if trt_runner is None else compare_tensorrt(results, names, feeds, trt_info, min_sqnr)
     if eval_spec is not None:
         record["perplexity"] = _perplexities(portable_runner, simulated, floor_sim, tok, text, eval_spec, progress)
     record["passed"] = _passed(record)
@@ -293,4 +305,5 @@ def _perplexities(portable: OrtLogits, simulated: SimulatedLogits | None, floor:
 def _passed(record: dict) -> bool:
     weights_ok = all(v["layers_different"] == 0 for v in record["weights"].values())
     ppl_ok = record.get("perplexity", {}).get("passed", True)
-    return bool(weights_ok and ppl_ok and all(c["passed"] for c in record["comparisons"]))
+    trt_ok = not isinstance(record.get("tensorrt"), dict) or record["tensorrt"]["passed"]
+    return bool(weights_ok and ppl_ok and trt_ok and all(c["passed"] for c in record["comparisons"]))

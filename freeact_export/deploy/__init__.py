@@ -1,0 +1,1 @@
+"""Deployment: Triton model repositories and edge bundles."""
