@@ -367,3 +367,23 @@ def bundle(folder: str | Path, output: str | Path, engine: str | Path | None = N
     from freeact_export.deploy.bundle import bundle as make_bundle
 
     return make_bundle(folder, output, engine, overwrite=overwrite)
+
+
+def triton(folder: str | Path, output: str | Path, *, engine: str | Path | None = None,
+           plugin: str | Path | None = None, max_batch: int = 8, instances: int = 1, max_tokens: int = 2048,
+           max_new_tokens: int = 32, overwrite: bool = False) -> dict:
+    """Write a Triton model repository from a rewritten folder (see freeact_export.deploy.triton).
+
+    The tensorrt_plan model is written only with `engine` (TensorRT cannot build one here);
+    the ONNX Runtime (Python backend) model always; the tokenizer models, the ensemble and
+    the generation loop when the folder has a tokenizer.json. Returns the record of what
+    was written and what was skipped, with why.
+    """
+    from freeact_export.deploy.triton import TritonSpec, write_repository
+
+    try:
+        spec = TritonSpec(max_batch=max_batch, instances=instances, max_tokens=max_tokens,
+                          max_new_tokens=max_new_tokens)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return write_repository(folder, output, spec, engine=engine, plugin=plugin, overwrite=overwrite)

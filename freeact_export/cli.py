@@ -26,7 +26,7 @@ The pipeline, one stage per command:
   check     three-way parity: simulation, plugin graph, portable graph (Polygraphy)
   build     TensorRT engine from the plugin graph (needs TensorRT and an NVIDIA GPU)
   bundle    edge bundle: engine, plugin library, manifest, standalone runner.py
-  triton    Triton Inference Server model repository                          [coming]
+  triton    Triton Inference Server model repository (TensorRT, ONNX Runtime, text in/out)
 
 Models: a name (smollm2-135m), a Hugging Face folder, a .gguf file, or an ONNX model.
 Corpora: a name (wiki) or a UTF-8 text file. Nothing is downloaded at run time.
@@ -481,6 +481,67 @@ def _run_bundle(args: argparse.Namespace) -> None:
     print(f"on the target: python {args.output}/runner.py TOKEN_ID ...")
 
 
+def _add_triton(sub) -> None:
+    p = sub.add_parser(
+        "triton", formatter_class=_formatter, help="Triton Inference Server model repository",
+        description=textwrap.dedent("""\
+            Write a Triton Inference Server model repository from a folder of 'freeact-export
+            MODEL.onnx -o DIR'. Models (every config.pbtxt is built and checked with Triton's
+            own model-config protobuf):
+              freeact_lm_trt    tensorrt_plan: your TensorRT engine of DIR/plugin.onnx, the plugin
+                                library beside it and LOAD.md (--backend-config=tensorrt,plugins=...
+                                or LD_PRELOAD); written only with --engine (no engine is built here)
+              freeact_lm_onnx   Python backend running DIR/portable.onnx in ONNX Runtime on the CPU:
+                                input_ids, attention_mask [batch, tokens] INT64 -> logits FP32
+              freeact_tokenize  text -> input_ids, attention_mask (the model's tokenizer.json)
+              freeact_greedy    logits -> greedy next_token_id and next_token (text)
+              freeact_lm        ensemble: text -> logits, input_ids, next_token_id, next_token
+              freeact_generate  text (+ max_new_tokens) -> generated_text, generated_ids: greedy,
+                                at most --max-new-tokens tokens, a BLS loop over freeact_lm_onnx
+            Every batched model has dynamic batching up to --max-batch and --instances instances.
+            Serve it (see README, "Deploy: Triton"): in NVIDIA's Triton container
+              tritonserver --model-repository=$PWD/REPO
+            and here, on the CPU, with the tritonserver of the nvidia-pytriton wheel (tools/setup.sh
+            installs it) and our Python stub paths: see the README's by-hand commands."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export triton out/smollm2-freeact-w4a4 -o out/triton-repo
+              freeact-export triton out/smollm2-freeact-w4a4 -o out/triton-repo --engine model.plan --max-batch 16
+            a client (pip install tritonclient[http]):
+              import numpy as np, tritonclient.http as http
+              client = http.InferenceServerClient("127.0.0.1:8000")
+              text = http.InferInput("text", [1, 1], "BYTES")
+              text.set_data_from_numpy(np.array([[b"The capital of France is"]], dtype=object))
+              result = client.infer("freeact_lm", [text])
+              print(result.as_numpy("next_token"), result.as_numpy("logits").shape)"""))
+    p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
+    p.add_argument("-o", "--output", required=True, metavar="REPO", help="repository folder to create")
+    p.add_argument("--engine", metavar="PATH", help="TensorRT engine of DIR/plugin.onnx (adds freeact_lm_trt)")
+    p.add_argument("--plugin-lib", metavar="PATH",
+                   help="with --engine: the plugin library (default: $FREEACT_PLUGIN_LIB or plugins_trt/build's)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="max_batch_size of the batched models (default: 8)")
+    p.add_argument("--instances", type=int, default=1, metavar="N", help="instances of each model (default: 1)")
+    p.add_argument("--max-tokens", type=int, default=2048, metavar="N",
+                   help="longest sequence accepted (the engine's profile maximum; default: 2048)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+                   help="freeact_generate's cap on generated tokens (default: 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing repository folder")
+    p.set_defaults(run=_run_triton)
+
+
+def _run_triton(args: argparse.Namespace) -> None:
+    from freeact_export import api
+
+    record = api.triton(args.folder, args.output, engine=args.engine, plugin=args.plugin_lib,
+                        max_batch=args.max_batch, instances=args.instances, max_tokens=args.max_tokens,
+                        max_new_tokens=args.max_new_tokens, overwrite=args.overwrite)
+    for name, why in record["skipped"].items():
+        print(f"note: {name} skipped: {why}")
+    print(f"wrote {args.output}/ (models: {', '.join(record['models'])}); every config.pbtxt checked with "
+          "Triton's model-config protobuf")
+
+
 def _calib_override(args: argparse.Namespace):
     """The preset's calibration settings with --calib-windows / --calib-seqlen applied (None: the preset's)."""
     import dataclasses
@@ -504,16 +565,7 @@ def _spec(factory, *args, **fields):
 
 
 # Commands whose stage lands with a later issue: their help already says what they will do.
-PLANNED = {
-    "triton": (
-        "Triton Inference Server model repository",
-        """\
-        Write a Triton model repository: a tensorrt_plan model with the plugin library, an
-        ONNX Runtime (Python backend) model for machines without TensorRT, tokenizer pre/post
-        processing and an ensemble. Planned form:
-          freeact-export triton DIR -o REPO
-        Not available in this version yet: it lands with deployment."""),
-}
+PLANNED: dict[str, tuple[str, str]] = {}
 
 
 def _add_planned(sub, name: str) -> None:
@@ -529,7 +581,7 @@ def _not_yet(name: str) -> None:
                     f"see '{PROG} {name} --help' for what it will do")
 
 
-COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", *PLANNED)
+COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", "triton", *PLANNED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -545,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_build(sub)
     _add_bundle(sub)
+    _add_triton(sub)
     for name in PLANNED:
         _add_planned(sub, name)
     return parser
