@@ -1,0 +1,250 @@
+"""`freeact-export triton`: the repository's configs (Triton's own protobuf), layout, bad input, and a real server.
+
+The serving test starts the tritonserver binary of the nvidia-pytriton wheel on loopback with
+the repository of a tiny rewritten model, queries it over HTTP and gRPC, and compares what it
+returns with a local ONNX Runtime run of the portable graph.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import onnx
+import pytest
+from google.protobuf import text_format
+
+from freeact_export import api
+from freeact_export.cli import main
+from freeact_export.config import CalibSpec, ExportSpec, FreeActSpec
+from freeact_export.deploy import triton as repo_writer
+from freeact_export.errors import UserError
+from freeact_export.onnx_in.job import rewrite_onnx
+from freeact_export.runtime.ort_lm import OrtLogits
+from test_cli import assert_one_line_error, run_cli
+from tiny_models import save_tiny_model
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                       reason="tritonclient is not installed (tools/setup.sh installs it)")
+
+CALIB = CalibSpec(windows=4, seqlen=48, samples_per_type=40, min_tokens=4)
+TEXT_MODELS = {"freeact_tokenize", "freeact_greedy", "freeact_lm", "freeact_generate"}
+
+
+@pytest.fixture(scope="module")
+def rewritten(tmp_path_factory, tiny_text_file):
+    """A tiny Qwen2 with KV-cache inputs, rewritten; its portable graph re-saved with external data."""
+    root = tmp_path_factory.mktemp("triton")
+    hf = save_tiny_model("qwen2", root / "qwen2-hf")
+    api.export(str(hf), root / "qwen2-onnx", ExportSpec(kv_cache=True, external_data="never", verify=False))
+    out = root / "rewritten"
+    rewrite_onnx(str(root / "qwen2-onnx"), out, corpus=str(tiny_text_file), method="freeact", bits="w4a4",
+                 types="sink=pos:3", calib=CALIB, freeact=FreeActSpec(steps=6), progress=False)
+    # Large models keep their weights in portable.onnx.data: the repository must carry that file.
+    portable = onnx.load(str(out / "portable.onnx"))
+    onnx.save(portable, str(out / "portable.onnx"), save_as_external_data=True, location="portable.onnx.data")
+    report = json.loads((out / "report.json").read_text())
+    report["files"]["portable.onnx"] = ["portable.onnx", "portable.onnx.data"]
+    (out / "report.json").write_text(json.dumps(report))
+    return out
+
+
+@pytest.fixture(scope="module")
+def repository(rewritten, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo") / "models"
+    record = api.triton(rewritten, repo, max_batch=4, instances=1, max_tokens=64, max_new_tokens=4)
+    return repo, record
+
+
+def _config(repo, name):
+    return text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def test_repository_layout_and_configs(repository):
+    repo, record = repository
+    assert set(record["models"]) == {"freeact_lm_onnx", *TEXT_MODELS}
+    assert "--engine" in record["skipped"]["freeact_lm_trt"]
+    assert sorted(p.name for p in repo.iterdir()) == sorted(record["models"])
+    configs = repo_writer.validate_repository(repo)
+    assert set(configs) == set(record["models"])
+
+    lm = _config(repo, "freeact_lm_onnx")
+    assert lm.backend == "python" and lm.max_batch_size == 4 and lm.HasField("dynamic_batching")
+    assert [(g.kind, g.count) for g in lm.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
+    assert [(t.name, list(t.dims), t.optional) for t in lm.input] == [("input_ids", [-1], False),
+                                                                      ("attention_mask", [-1], True)]
+    assert [(t.name, t.data_type, list(t.dims)) for t in lm.output] == [("logits", model_config_pb2.TYPE_FP32,
+                                                                         [-1, 384])]
+    assert lm.parameters["max_tokens"].string_value == "64"
+    assert sorted(p.name for p in (repo / "freeact_lm_onnx" / "1").iterdir()) == [
+        "model.py", "portable.onnx", "portable.onnx.data"]
+
+    ensemble = _config(repo, "freeact_lm")
+    assert ensemble.platform == "ensemble" and (repo / "freeact_lm" / "1").is_dir()
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "freeact_tokenize", "freeact_lm_onnx", "freeact_greedy"]
+    generate = _config(repo, "freeact_generate")
+    assert generate.parameters["lm_model"].string_value == "freeact_lm_onnx"
+    assert generate.parameters["eos_token_ids"].string_value == "2"
+    for name in ("freeact_tokenize", "freeact_greedy", "freeact_generate"):
+        assert (repo / name / "1" / "tokenizer.json").is_file()
+        compile((repo / name / "1" / "model.py").read_text(), name, "exec")
+    # Written by printing the protobuf: parsing and printing again gives the same text.
+    for name in record["models"]:
+        text = (repo / name / "config.pbtxt").read_text()
+        assert text_format.MessageToString(_config(repo, name)) == text
+
+
+def test_tensorrt_plan_model_with_an_engine_file(rewritten, tmp_path):
+    # No TensorRT here: the engine and library are stand-in files; what is checked is the config
+    # (tensors of the plugin graph, batch dimension dropped) and the layout around them.
+    engine, plugin = tmp_path / "model.plan", tmp_path / "libfreeact_trt_plugins.so"
+    engine.write_bytes(b"engine")
+    plugin.write_bytes(b"library")
+    record = api.triton(rewritten, tmp_path / "repo", engine=engine, plugin=plugin, max_batch=2, instances=3)
+    assert "freeact_lm_trt" in record["models"] and not record["skipped"]
+    folder = tmp_path / "repo" / "freeact_lm_trt"
+    config = _config(tmp_path / "repo", "freeact_lm_trt")
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 2
+    assert [(g.kind, g.count) for g in config.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 3)]
+    inputs = {t.name: list(t.dims) for t in config.input}
+    assert inputs["input_ids"] == [-1] and inputs["attention_mask"] == [-1]
+    assert inputs["past_key_values.0.key"] == [2, -1, 16]  # [kv heads, past, head size]
+    assert {t.name for t in config.output} >= {"logits", "present.0.key"}
+    assert (folder / "1" / "model.plan").read_bytes() == b"engine"
+    assert (folder / plugin.name).read_bytes() == b"library"
+    load = (folder / "LOAD.md").read_text()
+    assert f"--backend-config=tensorrt,plugins=/models/freeact_lm_trt/{plugin.name}" in load and "LD_PRELOAD" in load
+
+
+def test_validation_catches_what_triton_would_refuse(repository, tmp_path):
+    repo = tmp_path / "copy"
+    shutil.copytree(repository[0], repo)
+    config = _config(repo, "freeact_lm")
+    config.ensemble_scheduling.step[1].model_name = "freeact_missing"
+    (repo / "freeact_lm" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    with pytest.raises(UserError, match="'freeact_missing' is not in the repository"):
+        repo_writer.validate_repository(repo)
+    (repo / "freeact_lm" / "config.pbtxt").write_text('name: "freeact_lm"\nplatform: "ensemble"\nbogus: 1\n')
+    with pytest.raises(UserError, match="not a Triton model config"):
+        repo_writer.validate_repository(repo)
+    shutil.rmtree(repo / "freeact_lm")
+    (repo / "freeact_greedy" / "1" / "model.py").unlink()
+    with pytest.raises(UserError, match="version 1/ has no model.py"):
+        repo_writer.validate_repository(repo)
+
+
+def test_bad_input_is_one_line(capsys, rewritten, repository, tmp_path):
+    code, _, err = run_cli(capsys, "triton", str(tmp_path), "-o", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "is not a folder written by 'freeact-export MODEL.onnx'")
+    code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(repository[0]))
+    assert_one_line_error(code, err, "already exists; choose another path or pass --overwrite")
+    code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"), "--engine", "nope.plan")
+    assert_one_line_error(code, err, "--engine nope.plan: no such file")
+    code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"), "--plugin-lib", "x.so")
+    assert_one_line_error(code, err, "--plugin-lib goes with --engine")
+    code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"), "--max-batch", "0")
+    assert_one_line_error(code, err, "max-batch must be at least 1")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_writes_and_notes_the_skipped_engine(capsys, rewritten, tmp_path):
+    code, out, _ = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"))
+    assert code == 0
+    assert "note: freeact_lm_trt skipped: no --engine given" in out
+    assert "wrote " in out and "freeact_lm_onnx" in out
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+# --- the real server --------------------------------------------------------------------------------------------
+
+
+def _local_greedy(runner, ids, steps, eos):
+    generated = []
+    for _ in range(steps):
+        token = int(runner(np.array([ids + generated]))[0, -1].argmax())
+        generated.append(token)
+        if token in eos:
+            break
+    return generated
+
+
+@pytest.fixture
+def server(repository, tmp_path):
+    from freeact_export.deploy import triton_server
+
+    try:
+        triton_server.tritonserver_binary()
+        triton_server.stub_packages()
+    except UserError as err:
+        pytest.skip(f"no local Triton server: {err}")
+    try:
+        with triton_server.running_server(repository[0], tmp_path / "server", timeout_s=60) as running:
+            yield running
+    except UserError as err:
+        if "error while loading shared libraries" in str(err):
+            pytest.skip(f"tritonserver cannot start here: {err}")
+        raise
+    # The process group is gone: no server, no Python stubs left behind.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(running["pid"], 0)
+
+
+@pytest.mark.triton_server
+def test_real_triton_server_serves_what_onnx_runtime_computes(server, rewritten):
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+    from tokenizers import Tokenizer
+
+    start = time.perf_counter()
+    local = OrtLogits(rewritten / "portable.onnx")
+    tokenizer = Tokenizer.from_file(str(rewritten / "tokenizer.json"))
+    text = "the cat sat on the mat and then"
+    ids = tokenizer.encode(text).ids
+    want = local(np.array([ids])).numpy()
+
+    with http.InferenceServerClient(server["http"], connection_timeout=30, network_timeout=60) as client:
+        assert client.is_model_ready("freeact_lm_onnx") and client.is_model_ready("freeact_lm")
+        feeds = [http.InferInput("input_ids", [1, len(ids)], "INT64"),
+                 http.InferInput("attention_mask", [1, len(ids)], "INT64")]
+        feeds[0].set_data_from_numpy(np.array([ids], dtype=np.int64))
+        feeds[1].set_data_from_numpy(np.ones((1, len(ids)), dtype=np.int64))
+        got = client.infer("freeact_lm_onnx", feeds).as_numpy("logits")
+        np.testing.assert_array_equal(got, want)  # same graph, same ORT, same session options
+
+        prompt = http.InferInput("text", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+        limit = http.InferInput("max_new_tokens", [1], "INT32")
+        limit.set_data_from_numpy(np.array([3], dtype=np.int32))
+        generated = client.infer("freeact_generate", [prompt, limit])
+        assert generated.as_numpy("generated_ids").tolist() == _local_greedy(local, ids, 3, {2})
+        assert generated.as_numpy("generated_text")[0].decode() == tokenizer.decode(
+            generated.as_numpy("generated_ids").tolist(), skip_special_tokens=True)
+
+        too_long = http.InferInput("text", [1, 1], "BYTES")
+        too_long.set_data_from_numpy(np.array([[("the cat " * 80).encode()]], dtype=np.object_))
+        with pytest.raises(Exception, match="this model takes at most 64"):
+            client.infer("freeact_lm", [too_long])
+
+    client = grpc.InferenceServerClient(server["grpc"])
+    try:
+        texts = [text, "a dog"]
+        batch = grpc.InferInput("text", [2, 1], "BYTES")
+        batch.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        result = client.infer("freeact_lm", [batch], client_timeout=60)
+        input_ids, logits = result.as_numpy("input_ids"), result.as_numpy("logits")
+        for row, sentence in enumerate(texts):
+            row_ids = tokenizer.encode(sentence).ids
+            assert input_ids[row, : len(row_ids)].tolist() == row_ids
+            row_want = local(np.array([row_ids])).numpy()[0]
+            if row == 0:  # the longest text is not padded: exactly the local run
+                np.testing.assert_array_equal(logits[row], row_want)
+            else:  # padded on the right (mask 0): the real positions agree within float noise
+                np.testing.assert_allclose(logits[row, : len(row_ids)], row_want, atol=1e-4, rtol=0)
+            assert result.as_numpy("next_token_id")[row, 0] == row_want[-1].argmax()
+            next_text = result.as_numpy("next_token")[row, 0].decode()
+            assert next_text == tokenizer.decode([int(row_want[-1].argmax())], skip_special_tokens=False)
+    finally:
+        client.close()
+    assert time.perf_counter() - start < 60
