@@ -16,7 +16,6 @@ import pytest
 from google.protobuf import text_format
 
 from freeact_export import api
-from freeact_export.cli import main
 from freeact_export.config import CalibSpec, ExportSpec, FreeActSpec
 from freeact_export.deploy import triton as repo_writer
 from freeact_export.errors import UserError
