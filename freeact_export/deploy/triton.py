@@ -2,8 +2,8 @@
 
 Models written (each a folder with config.pbtxt and version 1/):
   freeact_lm_trt    tensorrt_plan: a TensorRT engine of the plugin graph, the plugin library
-                    beside it and LOAD.md (only when an engine is given: none can be built
-                    without TensorRT)
+                    beside it and LOAD.md (only with an engine from 'freeact-export build'
+                    or --engine: none can be built without TensorRT)
   freeact_lm_onnx   Python backend: the portable graph in ONNX Runtime (any CPU, no TensorRT)
   freeact_tokenize  Python backend: text → input_ids, attention_mask (tokenizer.json)
   freeact_greedy    Python backend: logits → greedy next token id and text
@@ -255,26 +255,15 @@ def write_repository(folder: str | Path, output: str | Path, spec: TritonSpec = 
     Args:
         folder: a folder written by `freeact-export MODEL.onnx -o DIR`.
         output: the repository folder to create.
-        engine: a TensorRT engine of DIR/plugin.onnx; without one the tensorrt_plan model is skipped.
-        plugin: the FreeAct plugin library (default: the one plugins_trt builds); only with an engine.
+        engine: a TensorRT engine of DIR/plugin.onnx (model.plan, or a folder from 'freeact-export
+            build'; default: DIR/engine/ when it holds one); without one the tensorrt_plan model is skipped.
+        plugin: the FreeAct plugin library (default: the one the engine was built with, per its
+            build.json, else the one plugins_trt builds); only with an engine.
     """
     source, _, report = load_rewritten(folder)
     out = Path(output)
     check_new_output(out, overwrite)
-    if engine is not None:
-        engine = Path(engine)
-        if not engine.is_file():
-            raise UserError(f"--engine {engine}: no such file (build the engine from {source / PLUGIN_GRAPH} "
-                            "with TensorRT on the serving GPU)")
-        if plugin is None:
-            from freeact_export.runtime.plugin_lib import library_path
-
-            plugin = library_path()
-        plugin = Path(plugin)
-        if not plugin.is_file():
-            raise UserError(f"--plugin-lib {plugin}: no such file")
-    elif plugin is not None:
-        raise UserError("--plugin-lib goes with --engine (the plugin library is copied beside the engine)")
+    engine, plugin, build = _resolve_engine(source, engine, plugin)
     files = report.get("files", {}).get(PORTABLE_GRAPH, [PORTABLE_GRAPH])
     missing = [name for name in files if not (source / name).is_file()]
     if missing:
@@ -284,10 +273,12 @@ def write_repository(folder: str | Path, output: str | Path, spec: TritonSpec = 
         tmp.mkdir()
         if engine is not None:
             _trt_model(tmp, source, engine, plugin, spec)
+            if build is not None:
+                (tmp / TRT_MODEL / "build.json").write_text(json.dumps(build, indent=2) + "\n")
             written.append(TRT_MODEL)
         else:
-            skipped[TRT_MODEL] = ("no --engine given: a TensorRT engine cannot be built here; build one from "
-                                  f"{source / PLUGIN_GRAPH} on the serving GPU and pass --engine PATH")
+            skipped[TRT_MODEL] = (f"no --engine given and no engine in {source / 'engine'}: build one with "
+                                  f"'freeact-export build {source}' on the serving GPU (TensorRT is needed)")
         _onnx_model(tmp, source, spec, files)
         written.append(ONNX_MODEL)
         if (source / "tokenizer.json").is_file():
@@ -300,6 +291,39 @@ def write_repository(folder: str | Path, output: str | Path, spec: TritonSpec = 
         record = {"kind": "triton", "folder": str(source), "repository": str(out), "models": written,
                   "skipped": skipped, "spec": dataclasses.asdict(spec)}
     return record
+
+
+def _resolve_engine(source: Path, engine, plugin) -> tuple[Path | None, Path | None, dict | None]:
+    """(engine file, plugin library, build record or None) from --engine / --plugin-lib / DIR/engine/.
+
+    --engine is a model.plan or a folder from 'freeact-export build'; without it DIR/engine/ is
+    used when it holds an engine. With a build record the library is the one the engine was
+    built with (its sha256 recorded), unless --plugin-lib names one.
+    """
+    from freeact_export.runtime import plugin_lib, trt_engine
+
+    if engine is None:
+        default = trt_engine.default_engine_dir(source)
+        if not (default / trt_engine.ENGINE_FILE).is_file():
+            if plugin is not None:
+                raise UserError("--plugin-lib goes with --engine (the plugin library is copied beside the engine)")
+            return None, None, None
+        engine = default
+    engine = Path(engine)
+    build = None
+    if engine.is_dir():
+        build = trt_engine.read_build_record(engine)
+        engine = engine / trt_engine.ENGINE_FILE
+    elif not engine.is_file():
+        raise UserError(f"--engine {engine}: no such file (build the engine from {source / PLUGIN_GRAPH} "
+                        "with 'freeact-export build' on the serving GPU)")
+    if plugin is not None:
+        plugin = Path(plugin)
+        if not plugin.is_file():
+            raise UserError(f"--plugin-lib {plugin}: no such file")
+    else:
+        plugin = trt_engine.plugin_library_for(build) if build is not None else plugin_lib.library_path()
+    return engine, plugin, build
 
 
 def load_config(path: Path):
@@ -320,6 +344,9 @@ def validate_repository(repo: str | Path) -> dict[str, object]:
     declares, reads only tensors that exist by then, with matching data types.
     """
     repo = Path(repo)
+    if not repo.is_dir() or not any(p.is_dir() for p in repo.iterdir()):
+        raise UserError(f"{repo} is not a Triton model repository (no model folders); write one with "
+                        "'freeact-export triton DIR -o REPO'")
     configs = {}
     for folder in sorted(p for p in repo.iterdir() if p.is_dir()):
         if not (folder / CONFIG).is_file():

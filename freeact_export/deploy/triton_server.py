@@ -102,8 +102,10 @@ def server_command(repository: Path, backends: Path, http_port: int, grpc_port: 
 
 
 @contextlib.contextmanager
-def running_server(repository: str | Path, workdir: str | Path, timeout_s: float = 60.0) -> Iterator[dict]:
-    """Start tritonserver on loopback with free ports; yield {'http': 'host:port', 'grpc': ..., 'log': path}.
+def running_server(repository: str | Path, workdir: str | Path, timeout_s: float = 60.0,
+                   http_port: int | None = None, grpc_port: int | None = None) -> Iterator[dict]:
+    """Start tritonserver on loopback (free ports unless given); yield {'http': 'host:port', 'grpc': ...,
+    'log': path, 'pid': int, 'process': Popen}.
 
     The server runs in its own process group, which is killed on exit (the Python stubs are
     its children), so nothing outlives the block. UserError (with the log's tail) when the
@@ -112,7 +114,7 @@ def running_server(repository: str | Path, workdir: str | Path, timeout_s: float
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     backends = backend_directory(workdir / "backends")
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
     log = workdir / "tritonserver.log"
     command = server_command(Path(repository).resolve(), backends, http_port, grpc_port)
     with open(log, "wb") as sink:
@@ -120,7 +122,8 @@ def running_server(repository: str | Path, workdir: str | Path, timeout_s: float
                                    start_new_session=True)
     try:
         _wait_ready(process, f"127.0.0.1:{http_port}", log, timeout_s)
-        yield {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "log": log, "pid": process.pid}
+        yield {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "log": log, "pid": process.pid,
+               "process": process}
     finally:
         _stop(process)
 

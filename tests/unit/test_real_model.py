@@ -11,7 +11,7 @@ import torch
 
 from freeact_export import api
 from freeact_export.assets import resolve_corpus, resolve_model
-from freeact_export.config import EvalSpec, ExportSpec
+from freeact_export.config import EvalSpec
 from freeact_export.evaluate.perplexity import perplexity
 from freeact_export.models import hf_folder, load_tokenizer
 from freeact_export.runtime.torch_lm import TorchLogits
@@ -44,12 +44,12 @@ def test_gguf_conversion_is_cached():
     assert weights.stat().st_mtime_ns == stamp
 
 
-def test_export_runs_in_onnx_runtime_with_the_same_perplexity(tmp_path, torch_record):
-    record = api.export("smollm2-135m", tmp_path / "fp32", ExportSpec())
+def test_export_runs_in_onnx_runtime_with_the_same_perplexity(smollm2_onnx, torch_record):
+    folder, record = smollm2_onnx
     # fp32 over 30 layers: measured 6e-5 on logits of magnitude ~34, where PyTorch fp32 itself
     # is 7e-4 from an fp64 run at 1024 tokens; 1e-3 flags any real mismatch.
     assert record["parity_vs_torch"]["max_abs_diff"] < 1e-3
-    onnx_record = api.evaluate(str(tmp_path / "fp32"), "wiki", EvalSpec(seqlen=1024, windows=4),
+    onnx_record = api.evaluate(str(folder), "wiki", EvalSpec(seqlen=1024, windows=4),
                                device="cpu", progress=False)
     assert onnx_record["runtime"] == "onnxruntime"
     assert onnx_record["perplexity"] == pytest.approx(torch_record["perplexity"], rel=5e-3)

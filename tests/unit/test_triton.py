@@ -117,6 +117,30 @@ def test_tensorrt_plan_model_with_an_engine_file(rewritten, tmp_path):
     assert f"--backend-config=tensorrt,plugins=/models/freeact_lm_trt/{plugin.name}" in load and "LD_PRELOAD" in load
 
 
+def test_engine_folder_from_build_is_found_and_its_library_checked(rewritten, tmp_path):
+    # A folder laid out as 'freeact-export build' writes it (stand-in bytes: no TensorRT here): the
+    # library is the one whose sha256 the build record holds, and a different one is refused.
+    import hashlib
+
+    plugin = tmp_path / "libfreeact_trt_plugins.so"
+    plugin.write_bytes(b"library")
+    engine_dir = tmp_path / "engine"
+    engine_dir.mkdir()
+    (engine_dir / "model.plan").write_bytes(b"engine")
+    record = {"plugin_library": {"path": str(plugin), "sha256": hashlib.sha256(b"library").hexdigest()}}
+    (engine_dir / "build.json").write_text(json.dumps(record))
+    written = api.triton(rewritten, tmp_path / "repo", engine=engine_dir)
+    folder = tmp_path / "repo" / "freeact_lm_trt"
+    assert "freeact_lm_trt" in written["models"]
+    assert (folder / plugin.name).read_bytes() == b"library" and (folder / "1" / "model.plan").read_bytes() == b"engine"
+    assert json.loads((folder / "build.json").read_text()) == record
+
+    plugin.write_bytes(b"another build")
+    with pytest.raises(UserError, match="the plugin library the engine was built with"):
+        api.triton(rewritten, tmp_path / "repo2", engine=engine_dir)
+    assert not (tmp_path / "repo2").exists()
+
+
 def test_validation_catches_what_triton_would_refuse(repository, tmp_path):
     repo = tmp_path / "copy"
     shutil.copytree(repository[0], repo)
@@ -169,8 +193,8 @@ def _local_greedy(runner, ids, steps, eos):
     return generated
 
 
-@pytest.fixture
-def server(repository, tmp_path):
+def require_local_server():
+    """Skip, with the reason, where the nvidia-pytriton tritonserver or the stub's numpy is missing."""
     from freeact_export.deploy import triton_server
 
     try:
@@ -178,6 +202,13 @@ def server(repository, tmp_path):
         triton_server.stub_packages()
     except UserError as err:
         pytest.skip(f"no local Triton server: {err}")
+
+
+@pytest.fixture
+def server(repository, tmp_path):
+    from freeact_export.deploy import triton_server
+
+    require_local_server()
     try:
         with triton_server.running_server(repository[0], tmp_path / "server", timeout_s=60) as running:
             yield running
@@ -247,3 +278,57 @@ def test_real_triton_server_serves_what_onnx_runtime_computes(server, rewritten)
     finally:
         client.close()
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.triton_server
+def test_serve_command_answers_the_readme_request_and_stops_on_ctrl_c(repository, tmp_path):
+    # 'freeact-export serve' as a user runs it: the README's curl request, then Ctrl-C (SIGINT).
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from freeact_export.deploy import triton_server
+
+    require_local_server()
+    http, grpc = triton_server.free_port(), triton_server.free_port()
+    command = [sys.executable, "-m", "freeact_export.cli", "serve", str(repository[0]), "--http-port", str(http),
+               "--grpc-port", str(grpc), "--workdir", str(tmp_path / "work"), "--timeout", "60"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        lines = []
+        while not lines or "Ctrl-C stops it" not in lines[-1]:
+            line = process.stdout.readline()
+            assert line, f"serve exited early: {process.stderr.read()}"
+            lines.append(line)
+        request = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["the cat sat"]},
+                              {"name": "max_new_tokens", "shape": [1], "datatype": "INT32", "data": [2]}]}
+        body = json.dumps(request).encode()
+        url = f"http://127.0.0.1:{http}/v2/models/freeact_generate/infer"
+        with urllib.request.urlopen(urllib.request.Request(url, body), timeout=60) as response:
+            outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
+        assert len(outputs["generated_ids"]["data"]) in (1, 2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert "stopping tritonserver" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    # The server ran in its own process group under serve's: nothing of it is left.
+    server_log = (tmp_path / "work" / "tritonserver.log").read_text()
+    assert "Started HTTPService" in server_log
+    time.sleep(0.5)
+    leftover = subprocess.run(["pgrep", "-f", str(repository[0])], capture_output=True, text=True).stdout.split()
+    assert leftover == []
+
+
+def test_serve_refuses_what_it_cannot_serve(capsys, rewritten, tmp_path):
+    code, _, err = run_cli(capsys, "serve", str(tmp_path / "nowhere"))
+    assert_one_line_error(code, err, "is not a Triton model repository")
+    engine, plugin = tmp_path / "model.plan", tmp_path / "libfreeact_trt_plugins.so"
+    engine.write_bytes(b"engine")
+    plugin.write_bytes(b"library")
+    api.triton(rewritten, tmp_path / "repo", engine=engine, plugin=plugin)
+    code, _, err = run_cli(capsys, "serve", str(tmp_path / "repo"))
+    assert_one_line_error(code, err, "holds freeact_lm_trt (tensorrt_plan), which needs a GPU")
