@@ -577,12 +577,11 @@ def _add_serve(sub) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> None:
+    import signal
     import tempfile
 
     from freeact_export.deploy import triton_server
     from freeact_export.deploy.triton import validate_repository
-
-    import signal
 
     def stop(signum, frame):
         raise KeyboardInterrupt

@@ -6,6 +6,7 @@
       build.json                   the build record
       manifest.json                versions, GPU architecture, sha256 of every file and of the sources
       runner.py                    standalone runner (deploy/bundle_runner.py): checks, then runs
+      machine.py                   the machine probes runner.py imports (runtime/machine.py)
 
 A folder, not an archive: the runner checks and runs it in place, and `tar czf` packs it for
 transport without this tool. The manifest names what the engine depends on (TensorRT version and
@@ -23,13 +24,21 @@ from pathlib import Path
 
 from freeact_export import __version__
 from freeact_export.deploy import bundle_runner
-from freeact_export.deploy.bundle_runner import FORMAT, FORMAT_VERSION, MANIFEST, sha256
+from freeact_export.deploy.bundle_runner import FORMAT, FORMAT_VERSION, MANIFEST
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
 from freeact_export.onnx_in.job import PLAN_DIR, PLUGIN_GRAPH, load_rewritten
-from freeact_export.runtime import trt_engine
+from freeact_export.runtime import machine, trt_engine
+from freeact_export.runtime.machine import sha256
 
 RUNNER = "runner.py"
+PROBES = "machine.py"  # runner.py imports it: the machine facts, read as `build` reads them
+
+
+def copy_runner(folder: Path) -> None:
+    """runner.py and the machine probes it imports, into a bundle folder."""
+    shutil.copy2(bundle_runner.__file__, Path(folder) / RUNNER)
+    shutil.copy2(machine.__file__, Path(folder) / PROBES)
 
 
 def make_manifest(build: dict, files: dict[str, str], sources: dict[str, str], engine_file: str,
@@ -82,7 +91,7 @@ def bundle(folder: str | Path, output: str | Path, engine: str | Path | None = N
         shutil.copy2(engine_dir / trt_engine.ENGINE_FILE, tmp / trt_engine.ENGINE_FILE)
         shutil.copy2(library, tmp / library.name)
         shutil.copy2(engine_dir / trt_engine.BUILD_RECORD, tmp / trt_engine.BUILD_RECORD)
-        shutil.copy2(bundle_runner.__file__, tmp / RUNNER)
+        copy_runner(tmp)
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
         manifest = make_manifest(build, files, source_hashes(path), trt_engine.ENGINE_FILE, library.name)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

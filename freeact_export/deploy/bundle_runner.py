@@ -7,34 +7,29 @@ It needs Python 3.9+, numpy, TensorRT's Python package and an NVIDIA driver: not
 freeact-export. Before anything is loaded it compares the machine with the bundle's
 manifest.json (TensorRT version, CUDA version, GPU compute capability) and every bundled
 file with its sha256; on any difference it prints one line naming what differs and exits
-with status 2. The machine is probed by `probe_machine()` and judged by the pure function
+with status 2. The machine is probed by `probe_machine()` of machine.py (bundled beside this
+file; freeact-export's `build` reads the build machine through the same code) and judged by the
+pure function
 `mismatches(manifest, machine, folder)`, so the decision can be tested with given facts.
-freeact-export's own `build` reads the build machine through the same probe.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import json
 import sys
 from pathlib import Path
+
+if __package__:  # imported from freeact_export (build, bundle, tests)
+    from freeact_export.runtime import machine as probes
+else:  # run as a bundle's runner.py: the bundle carries machine.py beside it
+    import machine as probes
 
 MANIFEST = "manifest.json"
 FORMAT = "freeact-export-bundle"
 FORMAT_VERSION = 1
 EXIT_REFUSED = 2
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -45,62 +40,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
             break
         parts.append(int(digits))
     return tuple(parts)
-
-
-def tensorrt_cuda_major() -> int | None:
-    """The CUDA major version the installed TensorRT wheel targets (tensorrt-cu12 → 12), if pip says."""
-    try:
-        from importlib import metadata
-    except ImportError:  # pragma: no cover - Python < 3.8
-        return None
-    for dist in metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
-        if name.startswith("tensorrt-cu"):
-            digits = "".join(ch for ch in name[len("tensorrt-cu"):].split("-")[0] if ch.isdigit())
-            if digits:
-                return int(digits)
-    return None
-
-
-def probe_gpu() -> dict:
-    """GPU 0 and the driver through the CUDA driver API (libcuda, part of every NVIDIA driver).
-
-    Returns {"gpu": None, "why": ...} where no driver or no device is usable.
-    """
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return {"gpu": None, "why": "no NVIDIA driver (libcuda.so.1 not found)"}
-    if cuda.cuInit(0) != 0:
-        return {"gpu": None, "why": "the NVIDIA driver found no usable CUDA device (cuInit failed)"}
-    version, count = ctypes.c_int(), ctypes.c_int()
-    cuda.cuDriverGetVersion(ctypes.byref(version))
-    driver = f"{version.value // 1000}.{version.value % 1000 // 10}"
-    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return {"gpu": None, "cuda_driver": driver, "why": "no CUDA device"}
-    device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    cuda.cuDeviceGet(ctypes.byref(device), 0)
-    name = ctypes.create_string_buffer(256)
-    cuda.cuDeviceGetName(name, 256, device)
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
-    return {"gpu": name.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}",
-            "sm": f"sm_{major.value}{minor.value}", "cuda_driver": driver}
-
-
-def probe_machine() -> dict:
-    """The facts `mismatches` judges: TensorRT version (None where it does not import), its CUDA
-    major version, and GPU 0 (name, compute capability, the driver's CUDA version)."""
-    facts = {"tensorrt": None, "tensorrt_cuda_major": None}
-    try:
-        import tensorrt
-
-        facts["tensorrt"] = tensorrt.__version__
-        facts["tensorrt_cuda_major"] = tensorrt_cuda_major()
-    except ImportError as err:
-        facts["tensorrt_why"] = f"import tensorrt failed: {err}"
-    facts.update(probe_gpu())
-    return facts
 
 
 def mismatches(manifest: dict, machine: dict, folder: Path) -> list[str]:
@@ -118,7 +57,7 @@ def mismatches(manifest: dict, machine: dict, folder: Path) -> list[str]:
         path = Path(folder) / name
         if not path.is_file():
             problems.append(f"file {name} is missing")
-        elif sha256(path) != expected:
+        elif probes.sha256(path) != expected:
             problems.append(f"file {name} does not match its sha256 in {MANIFEST} (modified or corrupt)")
     trt = manifest["tensorrt"]
     built = trt["version"]
@@ -277,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"runner.py: refused: cannot read {folder / MANIFEST}: {err}", file=sys.stderr)
         return EXIT_REFUSED
-    problems = mismatches(manifest, probe_machine(), folder)
+    problems = mismatches(manifest, probes.probe_machine(), folder)
     if problems:
         print(f"runner.py: refused: {'; '.join(problems)}", file=sys.stderr)
         return EXIT_REFUSED

@@ -24,11 +24,11 @@ from pathlib import Path
 import onnx
 
 from freeact_export import __version__
-from freeact_export.deploy.bundle_runner import probe_gpu, sha256, tensorrt_cuda_major
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path
 from freeact_export.onnx_in.job import PLUGIN_GRAPH, load_rewritten
 from freeact_export.runtime import plugin_lib
+from freeact_export.runtime.machine import probe_gpu, sha256, tensorrt_cuda_major
 
 ENGINE_DIR, ENGINE_FILE, BUILD_RECORD = "engine", "model.plan", "build.json"
 TIMING_CACHE = "timing.cache"

@@ -8,7 +8,6 @@ TensorRT and a GPU: tests/trt/test_trt_engine.py.
 """
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 import pytest
 from rewritten_tiny import rewritten_tiny
 
-from freeact_export.deploy import bundle_runner
-from freeact_export.deploy.bundle import RUNNER, make_manifest, source_hashes
-from freeact_export.deploy.bundle_runner import EXIT_REFUSED, MANIFEST, mismatches, probe_machine, sha256
+from freeact_export.deploy.bundle import PROBES, RUNNER, copy_runner, make_manifest, source_hashes
+from freeact_export.deploy.bundle_runner import EXIT_REFUSED, MANIFEST, mismatches
+from freeact_export.runtime.machine import probe_machine, sha256
 from test_cli import assert_one_line_error, run_cli
 
 ORIN = {"tensorrt": "10.14.1.48", "tensorrt_cuda_major": 12, "gpu": "Orin", "compute_capability": "8.7",
@@ -42,7 +41,7 @@ def _bundle_folder(folder: Path, rewritten: Path, build: dict = BUILD) -> Path:
     (folder / "model.plan").write_bytes(b"serialized engine bytes")
     (folder / "libfreeact_trt_plugins.so").write_bytes(b"plugin library bytes")
     (folder / "build.json").write_text(json.dumps(build))
-    shutil.copy2(bundle_runner.__file__, folder / RUNNER)
+    copy_runner(folder)
     files = {p.name: sha256(p) for p in sorted(folder.iterdir())}
     manifest = make_manifest(build, files, source_hashes(rewritten), "model.plan", "libfreeact_trt_plugins.so")
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -57,7 +56,7 @@ def test_manifest_names_versions_arch_and_hashes(tmp_path, rewritten):
     manifest = _manifest(_bundle_folder(tmp_path / "b", rewritten))
     assert manifest["tensorrt"] == {"version": "10.14.1.48", "version_compatible": False, "exclude_lean_runtime": False}
     assert manifest["cuda"]["major"] == 12 and manifest["gpu"]["sm"] == "sm_87"
-    assert set(manifest["files"]) == {"model.plan", "libfreeact_trt_plugins.so", "build.json", RUNNER}
+    assert set(manifest["files"]) == {"model.plan", "libfreeact_trt_plugins.so", "build.json", RUNNER, PROBES}
     assert set(manifest["sources"]) == {"plugin.onnx", "plan/plan.json", "plan/plan.safetensors"}
     assert manifest["sources"]["plugin.onnx"] == sha256(rewritten / "plugin.onnx")
     assert manifest["freeact_export"] and manifest["format_version"] == 1
@@ -131,7 +130,7 @@ def test_runner_on_this_machine_refuses_with_one_line_and_exit_2(tmp_path, rewri
 
 
 def test_runner_refuses_a_folder_without_manifest(tmp_path):
-    shutil.copy2(bundle_runner.__file__, tmp_path / RUNNER)
+    copy_runner(tmp_path)
     result = subprocess.run([sys.executable, str(tmp_path / RUNNER), "--check"], capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == EXIT_REFUSED
