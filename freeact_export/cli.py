@@ -29,6 +29,7 @@ The pipeline, one stage per command:
   build     TensorRT engine from the plugin graph (needs TensorRT and an NVIDIA GPU)
   bundle    edge bundle: engine, plugin library, manifest, standalone runner.py
   triton    Triton Inference Server model repository (TensorRT, ONNX Runtime, text in/out)
+  serve     a Triton repository served here (CPU tritonserver, loopback) until Ctrl-C
 
 Models: a name (smollm2-135m), a Hugging Face folder, a .gguf file, or an ONNX model.
 Corpora: a name (wiki) or a UTF-8 text file. Nothing is downloaded at run time.
@@ -41,6 +42,8 @@ examples:
   freeact-export eval --model out/smollm2-135m-fp32 --corpus wiki --json out/ppl-onnx.json
   freeact-export out/smollm2-135m-fp32 --method freeact --bits w4a4 -o out/smollm2-freeact-w4a4
   freeact-export check out/smollm2-freeact-w4a4
+  freeact-export triton out/smollm2-freeact-w4a4 -o out/triton-repo
+  freeact-export serve out/triton-repo
 """
 
 
