@@ -9,8 +9,8 @@ manifest.json (TensorRT version, CUDA version, GPU compute capability) and every
 file with its sha256; on any difference it prints one line naming what differs and exits
 with status 2. The machine is probed by `probe_machine()` of machine.py (bundled beside this
 file; freeact-export's `build` reads the build machine through the same code) and judged by the
-pure function
-`mismatches(manifest, machine, folder)`, so the decision can be tested with given facts.
+pure function `mismatches(manifest, machine, folder)`, so the decision can be tested with given
+facts.
 """
 
 from __future__ import annotations
