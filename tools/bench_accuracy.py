@@ -104,12 +104,14 @@ def main() -> int:
     all_rows = [m for m in METHODS if any(key.startswith(f"{m}/") for key in cells)]
     all_rows += sorted({key.split("/")[0] for key in cells} - set(all_rows))
     (out / "bench_accuracy.md").write_text(_table(results, all_rows, all_bits, header))
-    plotted = [key for key in (f"{m}/w4a4" for m in all_rows) if key in results and "[" not in key]
+    # GPTQ changes only weights and rtn has no transform (its line is "before"): neither adds a line.
+    plotted = [key for key in (f"{m}/w4a4" for m in all_rows)
+               if key in results and "[" not in key and "+gptq" not in key and not key.startswith("rtn/")]
     if plotted:
         plot_difficulty({key.split("/")[0]: results[key]["difficulty"] for key in plotted},
                         out / "bench_difficulty.png",
                         f"{args.model}: quantization difficulty per layer and token type, before and after "
-                        f"each method's transform (W4A4 plans)")
+                        f"each method's transform (W4A4 plans; +gptq variants share their method's transform)")
     print((out / "bench_accuracy.md").read_text())
     return 0
 
