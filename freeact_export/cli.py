@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import textwrap
 from pathlib import Path
 
 from freeact_export import __version__
+from freeact_export.cli_common import PROG, formatter, settings
+from freeact_export.cli_deploy import add_build, add_bundle, add_serve, add_triton
 from freeact_export.errors import UserError
-
-PROG = "freeact-export"
 
 OVERVIEW = """\
 Quantize LLMs, multimodal LLMs and diffusion LLMs with FreeAct (4-bit weights, 4- or 8-bit
@@ -47,13 +46,10 @@ examples:
 """
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
-
 
 def _add_eval(sub) -> None:
     p = sub.add_parser(
-        "eval", formatter_class=_formatter, help="perplexity of a PyTorch or ONNX model",
+        "eval", formatter_class=formatter, help="perplexity of a PyTorch or ONNX model",
         description=textwrap.dedent("""\
             Perplexity on a corpus's eval split, exactly per shared/EVAL.md: the eval text is
             tokenized once without special tokens, cut into consecutive windows of --seqlen
@@ -90,13 +86,12 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from pathlib import Path
 
     from freeact_export import api
     from freeact_export.config import EvalSpec
     from freeact_export.files import check_new_output
 
-    spec = _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
+    spec = settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     if args.json:
         check_new_output(Path(args.json), args.overwrite)  # fail before the long run
     record = api.evaluate(args.model, args.corpus, spec, dtype=args.dtype, device=args.device,
@@ -115,7 +110,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 def _add_export(sub) -> None:
     p = sub.add_parser(
-        "export", formatter_class=_formatter, help="floating-point ONNX of a decoder LM",
+        "export", formatter_class=formatter, help="floating-point ONNX of a decoder LM",
         description=textwrap.dedent("""\
             Export a decoder LM's prefill graph to ONNX (dynamo exporter): inputs input_ids and
             attention_mask [batch, sequence], output logits [batch, sequence, vocab], batch and
@@ -144,7 +139,7 @@ def _run_export(args: argparse.Namespace) -> None:
     from freeact_export import api
     from freeact_export.config import ExportSpec
 
-    spec = _spec(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify,
+    spec = settings(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify,
                  kv_cache=args.kv_cache)
     print(f"exporting {args.model} to ONNX (about a minute per 100M parameters on 2 CPU cores)", flush=True)
     record = api.export(args.model, args.output, spec, overwrite=args.overwrite)
@@ -161,7 +156,7 @@ def _add_quantize(sub) -> None:
     from freeact_export.quantize.planner import METHODS
 
     p = sub.add_parser(
-        "quantize", formatter_class=_formatter, help="quantize a PyTorch model into a plan; simulated perplexity",
+        "quantize", formatter_class=formatter, help="quantize a PyTorch model into a plan; simulated perplexity",
         description=textwrap.dedent("""\
             Calibrate a PyTorch model per token type, compute a quantization plan, and measure
             its perplexity with fake quantization (EVAL.md protocol) before anything is exported.
@@ -219,11 +214,11 @@ def _run_quantize(args: argparse.Namespace) -> None:
     from freeact_export import api
     from freeact_export.config import FREEACT_PRESETS, EvalSpec
 
-    eval_spec = None if args.no_eval else _spec(EvalSpec, seqlen=args.seqlen, windows=args.windows)
+    eval_spec = None if args.no_eval else settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     calib = _calib_override(args)
     learning = {k: v for k, v in (("steps", args.steps), ("dedicated_fraction", args.dedicated_fraction),
                                   ("type_weighting", args.type_weighting)) if v is not None}
-    freeact = _spec(dataclasses.replace, FREEACT_PRESETS[args.preset], **learning) if learning else None
+    freeact = settings(dataclasses.replace, FREEACT_PRESETS[args.preset], **learning) if learning else None
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
                           seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
                           overwrite=args.overwrite)
@@ -248,7 +243,7 @@ def _add_rewrite(sub) -> None:
     from freeact_export.quantize.planner import METHODS
 
     p = sub.add_parser(
-        "rewrite", formatter_class=_formatter, help="the ONNX-in path, also spelled: freeact-export MODEL.onnx ...",
+        "rewrite", formatter_class=formatter, help="the ONNX-in path, also spelled: freeact-export MODEL.onnx ...",
         description=textwrap.dedent("""\
             Quantize an ONNX decoder LM (from 'freeact-export export' or another exporter; KV-cache
             inputs and external data are fine): calibrate it with ONNX Runtime per token type,
@@ -289,7 +284,6 @@ def _add_rewrite(sub) -> None:
 
 def _run_rewrite(args: argparse.Namespace) -> None:
     import dataclasses
-    from pathlib import Path
 
     from freeact_export.config import FREEACT_PRESETS
     from freeact_export.onnx_in.job import rewrite_onnx
@@ -298,7 +292,7 @@ def _run_rewrite(args: argparse.Namespace) -> None:
     stem = model.stem if model.suffix == ".onnx" else model.name
     output = args.output or str(model.parent / f"{stem}-{args.method}-{args.bits}")
     calib = _calib_override(args)
-    freeact = None if args.steps is None else _spec(dataclasses.replace, FREEACT_PRESETS[args.preset],
+    freeact = None if args.steps is None else settings(dataclasses.replace, FREEACT_PRESETS[args.preset],
                                                      steps=args.steps)
     report = rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
                           types=args.types, preset=args.preset, seed=args.seed, calib=calib, freeact=freeact,
@@ -318,7 +312,7 @@ def _run_rewrite(args: argparse.Namespace) -> None:
 
 def _add_check(sub) -> None:
     p = sub.add_parser(
-        "check", formatter_class=_formatter, help="three-way parity: simulation, plugin graph, portable graph",
+        "check", formatter_class=formatter, help="three-way parity: simulation, plugin graph, portable graph",
         description=textwrap.dedent("""\
             Compare with Polygraphy, on saved inputs, the PyTorch fake-quant simulation (when the
             folder's source model is available), the plugin graph in ONNX Runtime (reference
@@ -347,7 +341,7 @@ def _check_and_print(folder: str, corpus: str, windows: int | None, engine: str 
     from freeact_export.config import EvalSpec
     from freeact_export.parity.check import check
 
-    spec = None if windows is None else _spec(EvalSpec, windows=windows)
+    spec = None if windows is None else settings(EvalSpec, windows=windows)
     record = check(folder, corpus=corpus, eval_spec=spec, engine=engine)
     if record["simulation_skipped"]:
         print(f"simulation skipped: {record['simulation_skipped']}")
@@ -397,222 +391,6 @@ def _print_tensorrt(trt) -> None:
                   f"{o['mean_abs_diff']:.3g}, SQNR {o['sqnr_db']:.1f} dB {'pass' if o['passed'] else 'FAIL'}")
 
 
-def _add_build(sub) -> None:
-    p = sub.add_parser(
-        "build", formatter_class=_formatter, help="TensorRT engine from the plugin graph",
-        description=textwrap.dedent("""\
-            Build a TensorRT engine from DIR/plugin.onnx with the FreeAct plugin library loaded
-            (TensorRT's plugin registry, load_library). One optimisation profile covers 1..--max-tokens
-            new tokens and batch 1..--max-batch over the graph's dynamic inputs (input_ids,
-            attention_mask, position_ids, and past_key_values.* with 0..--max-past cached tokens in a
-            KV-cache graph). The tactic timing cache is loaded when it exists and saved after.
-            Writes an engine folder (default DIR/engine/): model.plan and build.json (TensorRT and
-            CUDA versions, GPU and compute capability, flags, profile, plugin library sha256).
-            Needs TensorRT's Python package and an NVIDIA GPU; the engine runs only on GPUs of the
-            same compute capability, with the same TensorRT (or later 10.x: --version-compatible)."""),
-        epilog=textwrap.dedent("""\
-            examples:
-              freeact-export build out/smollm2-freeact-w4a4 --max-tokens 2048
-              freeact-export build out/q --max-tokens 512 --max-batch 8 --version-compatible -o out/q-engine-vc
-              FREEACT_PLUGIN_LIB=/opt/freeact/libfreeact_trt_plugins.so freeact-export build out/q"""))
-    p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
-    p.add_argument("-o", "--output", metavar="ENGINE_DIR", help="engine folder to create (default: DIR/engine)")
-    p.add_argument("--max-tokens", type=int, default=2048, help="new tokens per request, at most (default: 2048)")
-    p.add_argument("--max-batch", type=int, default=1, help="requests per batch, at most (default: 1)")
-    p.add_argument("--opt-tokens", type=int, metavar="N", help="tokens TensorRT tunes for (default: max // 2)")
-    p.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT tunes for (default: 1)")
-    p.add_argument("--max-past", type=int, metavar="N",
-                   help="KV-cache graphs: cached tokens, at most (default: --max-tokens)")
-    p.add_argument("--no-fp16", action="store_true", help="keep the floating-point layers in fp32")
-    p.add_argument("--version-compatible", action="store_true",
-                   help="engine loadable by later TensorRT 10.x runtimes (lean runtime and plugin library embedded)")
-    p.add_argument("--exclude-lean-runtime", action="store_true",
-                   help="with --version-compatible: leave the lean runtime out (the runtime must bring it)")
-    p.add_argument("--timing-cache", metavar="PATH", help="tactic timing cache (default: DIR/timing.cache)")
-    p.add_argument("--plugin-library", metavar="PATH",
-                   help="plugin library (default: $FREEACT_PLUGIN_LIB, else "
-                        "plugins_trt/build/libfreeact_trt_plugins.so)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
-    p.set_defaults(run=_run_build)
-
-
-def _run_build(args: argparse.Namespace) -> None:
-    from freeact_export import api
-    from freeact_export.runtime.trt_engine import BuildSpec, ProfileSpec
-
-    profile = _spec(ProfileSpec, max_tokens=args.max_tokens, max_batch=args.max_batch, opt_tokens=args.opt_tokens,
-                    opt_batch=args.opt_batch, max_past=args.max_past)
-    spec = _spec(BuildSpec, fp16=not args.no_fp16, version_compatible=args.version_compatible,
-                 exclude_lean_runtime=args.exclude_lean_runtime)
-    record = api.build_engine(args.folder, args.output, profile, spec, timing_cache=args.timing_cache,
-                              plugin_library=args.plugin_library, overwrite=args.overwrite)
-    out = args.output or f"{args.folder}/engine"
-    flags = ", ".join(k for k, v in record["tensorrt"].items() if v is True) or "fp32"
-    print(f"built {out}/model.plan in {record['build_s']:.0f} s: TensorRT {record['tensorrt']['version']} ({flags}), "
-          f"{record['gpu']['name']} ({record['gpu']['sm']}), CUDA {record['cuda']['driver']} driver")
-    for name, s in record["profile"].items():
-        print(f"  profile {name}: min {s['min']} opt {s['opt']} max {s['max']}")
-    print(f"wrote {out}/build.json; timing cache {record['timing_cache']}")
-
-
-def _add_bundle(sub) -> None:
-    p = sub.add_parser(
-        "bundle", formatter_class=_formatter, help="edge bundle: engine, plugin library, manifest, runner.py",
-        description=textwrap.dedent("""\
-            Pack a built engine (from 'freeact-export build') into a bundle folder for an edge GPU:
-            model.plan, the plugin library it was built with, build.json, manifest.json (TensorRT
-            and CUDA versions, GPU architecture sm_XY, sha256 of every file and of plugin.onnx and
-            plan/) and runner.py, a standalone script (numpy + TensorRT) that checks the machine
-            and the files against the manifest, refuses a mismatch with one line and exit status 2,
-            and otherwise runs one request and prints the argmax token per position. The bundle is
-            a plain folder; 'tar czf bundle.tar.gz BUNDLE' packs it for transport."""),
-        epilog=textwrap.dedent("""\
-            examples:
-              freeact-export bundle out/smollm2-freeact-w4a4 -o out/smollm2-orin
-              python out/smollm2-orin/runner.py 1 4093 17 29     # on the target machine"""))
-    p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
-    p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle folder to create")
-    p.add_argument("--engine", metavar="ENGINE_DIR", help="engine folder (default: DIR/engine)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-    p.set_defaults(run=_run_bundle)
-
-
-def _run_bundle(args: argparse.Namespace) -> None:
-    from freeact_export import api
-
-    manifest = api.bundle(args.folder, args.output, args.engine, overwrite=args.overwrite)
-    print(f"wrote {args.output}/ ({', '.join(manifest['files'])}, manifest.json) for {manifest['gpu']['sm']} "
-          f"({manifest['gpu']['name']}), TensorRT {manifest['tensorrt']['version']}")
-    print(f"on the target: python {args.output}/runner.py TOKEN_ID ...")
-
-
-def _add_triton(sub) -> None:
-    p = sub.add_parser(
-        "triton", formatter_class=_formatter, help="Triton Inference Server model repository",
-        description=textwrap.dedent("""\
-            Write a Triton Inference Server model repository from a folder of 'freeact-export
-            MODEL.onnx -o DIR'. Models (every config.pbtxt is built and checked with Triton's
-            own model-config protobuf):
-              freeact_lm_trt    tensorrt_plan: the TensorRT engine of DIR/plugin.onnx ('build' writes
-                                DIR/engine/, or --engine), the plugin library beside it and LOAD.md
-                                (--backend-config=tensorrt,plugins=... or LD_PRELOAD); skipped with a
-                                note where there is no engine (TensorRT builds it on the serving GPU)
-              freeact_lm_onnx   Python backend running DIR/portable.onnx in ONNX Runtime on the CPU:
-                                input_ids, attention_mask [batch, tokens] INT64 -> logits FP32
-              freeact_tokenize  text -> input_ids, attention_mask (the model's tokenizer.json)
-              freeact_greedy    logits -> greedy next_token_id and next_token (text)
-              freeact_lm        ensemble: text -> logits, input_ids, next_token_id, next_token
-              freeact_generate  text (+ max_new_tokens) -> generated_text, generated_ids: greedy,
-                                at most --max-new-tokens tokens, a BLS loop over freeact_lm_onnx
-            Every batched model has dynamic batching up to --max-batch and --instances instances.
-            Serve it (see README, "Deploy: Triton"): in NVIDIA's Triton container
-              tritonserver --model-repository=$PWD/REPO
-            and here, on the CPU, with the tritonserver of the nvidia-pytriton wheel (tools/setup.sh
-            installs it) and our Python stub paths: see the README's by-hand commands."""),
-        epilog=textwrap.dedent("""\
-            examples:
-              freeact-export triton out/smollm2-freeact-w4a4 -o out/triton-repo
-              freeact-export triton out/smollm2-freeact-w4a4 -o out/triton-repo --engine model.plan --max-batch 16
-            a client (pip install tritonclient[http]):
-              import numpy as np, tritonclient.http as http
-              client = http.InferenceServerClient("127.0.0.1:8000")
-              text = http.InferInput("text", [1, 1], "BYTES")
-              text.set_data_from_numpy(np.array([[b"The capital of France is"]], dtype=object))
-              result = client.infer("freeact_lm", [text])
-              print(result.as_numpy("next_token"), result.as_numpy("logits").shape)"""))
-    p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
-    p.add_argument("-o", "--output", required=True, metavar="REPO", help="repository folder to create")
-    p.add_argument("--engine", metavar="PATH",
-                   help="TensorRT engine of DIR/plugin.onnx: a model.plan or a folder from 'build' (adds "
-                        "freeact_lm_trt; default: DIR/engine/ when it holds one)")
-    p.add_argument("--plugin-lib", metavar="PATH",
-                   help="with an engine: the plugin library (default: the one in the engine's build.json, "
-                        "else $FREEACT_PLUGIN_LIB or plugins_trt/build's)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="N",
-                   help="max_batch_size of the batched models (default: 8)")
-    p.add_argument("--instances", type=int, default=1, metavar="N", help="instances of each model (default: 1)")
-    p.add_argument("--max-tokens", type=int, default=2048, metavar="N",
-                   help="longest sequence accepted (the engine's profile maximum; default: 2048)")
-    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
-                   help="freeact_generate's cap on generated tokens (default: 32)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing repository folder")
-    p.set_defaults(run=_run_triton)
-
-
-def _run_triton(args: argparse.Namespace) -> None:
-    from freeact_export import api
-
-    record = api.triton(args.folder, args.output, engine=args.engine, plugin=args.plugin_lib,
-                        max_batch=args.max_batch, instances=args.instances, max_tokens=args.max_tokens,
-                        max_new_tokens=args.max_new_tokens, overwrite=args.overwrite)
-    for name, why in record["skipped"].items():
-        print(f"note: {name} skipped: {why}")
-    print(f"wrote {args.output}/ (models: {', '.join(record['models'])}); every config.pbtxt checked with "
-          "Triton's model-config protobuf")
-
-
-def _add_serve(sub) -> None:
-    p = sub.add_parser(
-        "serve", formatter_class=_formatter, help="serve a Triton repository here, on the CPU, on loopback",
-        description=textwrap.dedent("""\
-            Serve a repository from 'freeact-export triton' with the CPU tritonserver (2.51) that the
-            nvidia-pytriton wheel carries (tools/setup.sh installs it), on 127.0.0.1, until Ctrl-C.
-            A repository with a TensorRT engine (freeact_lm_trt) is refused: it needs a GPU and
-            Triton's TensorRT backend, so serve it in NVIDIA's Triton container (see
-            REPO/freeact_lm_trt/LOAD.md). Ctrl-C (or SIGTERM) stops the server and its Python backend
-            processes; the server's log is under --workdir."""),
-        epilog=textwrap.dedent("""\
-            examples:
-              freeact-export serve out/triton-repo                      # HTTP :8000, gRPC :8001
-              freeact-export serve out/triton-repo --http-port 9000 --grpc-port 9001
-            then, from another shell:
-              curl -s localhost:8000/v2/models/freeact_generate/infer -d \\
-                '{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["The capital of France is"]},
-                           {"name":"max_new_tokens","shape":[1],"datatype":"INT32","data":[8]}]}'"""))
-    p.add_argument("repository", metavar="REPO", help="a repository written by 'freeact-export triton'")
-    p.add_argument("--http-port", type=int, default=8000, metavar="N", help="HTTP port (default: 8000)")
-    p.add_argument("--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default: 8001)")
-    p.add_argument("--workdir", metavar="DIR",
-                   help="where the backend links and tritonserver.log go (default: a temporary folder)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
-                   help="seconds to wait for every model to load (default: 120)")
-    p.set_defaults(run=_run_serve)
-
-
-def _run_serve(args: argparse.Namespace) -> None:
-    import signal
-    import tempfile
-
-    from freeact_export.deploy import triton_server
-    from freeact_export.deploy.triton import validate_repository
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    # Ctrl-C, and kill's SIGTERM, go through the same clean stop (a background job may have
-    # SIGINT ignored; an unhandled SIGTERM would leave the server, in its own session, running).
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    models = validate_repository(Path(args.repository))
-    engines = sorted(name for name, config in models.items() if config.platform == "tensorrt_plan")
-    if engines:
-        raise UserError(f"{args.repository} holds {', '.join(engines)} (tensorrt_plan), which needs a GPU and "
-                        "Triton's TensorRT backend that this CPU server lacks; serve it in NVIDIA's Triton "
-                        "container, or write the repository without an engine to serve it here")
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="freeact-triton-"))
-        server = stack.enter_context(triton_server.running_server(
-            args.repository, workdir, timeout_s=args.timeout, http_port=args.http_port, grpc_port=args.grpc_port))
-        print(f"serving {', '.join(sorted(models))}\n  HTTP http://{server['http']}   gRPC {server['grpc']}\n"
-              f"  log {server['log']}\nCtrl-C stops it", flush=True)
-        try:
-            code = server["process"].wait()
-        except KeyboardInterrupt:
-            print("stopping tritonserver", flush=True)
-            return
-        raise UserError(f"tritonserver exited with status {code}; see {server['log']}")
-
-
 def _calib_override(args: argparse.Namespace):
     """The preset's calibration settings with --calib-windows / --calib-seqlen applied (None: the preset's)."""
     import dataclasses
@@ -622,17 +400,10 @@ def _calib_override(args: argparse.Namespace):
     if args.calib_windows is None and args.calib_seqlen is None:
         return None
     preset = CALIB_PRESETS[args.preset]
-    return _spec(dataclasses.replace, preset,
+    return settings(dataclasses.replace, preset,
                  windows=preset.windows if args.calib_windows is None else args.calib_windows,
                  seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
 
-
-def _spec(factory, *args, **fields):
-    """Build a settings object; its validation errors become one-line user errors."""
-    try:
-        return factory(*args, **fields)
-    except ValueError as err:
-        raise UserError(str(err)) from None
 
 
 # Commands whose stage lands with a later issue: their help already says what they will do.
@@ -641,7 +412,7 @@ PLANNED: dict[str, tuple[str, str]] = {}
 
 def _add_planned(sub, name: str) -> None:
     summary, description = PLANNED[name]
-    p = sub.add_parser(name, formatter_class=_formatter, help=f"{summary} [coming]",
+    p = sub.add_parser(name, formatter_class=formatter, help=f"{summary} [coming]",
                        description=textwrap.dedent(description))
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(run=lambda args, name=name: _not_yet(name))
@@ -657,7 +428,7 @@ COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle",
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=_formatter, description=OVERVIEW, epilog=EXAMPLES,
+        prog=PROG, formatter_class=formatter, description=OVERVIEW, epilog=EXAMPLES,
         usage=f"{PROG} COMMAND [options]\n       {PROG} MODEL.onnx [options]")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog=PROG)
@@ -666,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(sub)
     _add_rewrite(sub)
     _add_check(sub)
-    _add_build(sub)
-    _add_bundle(sub)
-    _add_triton(sub)
-    _add_serve(sub)
+    add_build(sub)
+    add_bundle(sub)
+    add_triton(sub)
+    add_serve(sub)
     for name in PLANNED:
         _add_planned(sub, name)
     return parser
