@@ -140,7 +140,7 @@ def _run_export(args: argparse.Namespace) -> None:
     from freeact_export.config import ExportSpec
 
     spec = settings(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify,
-                 kv_cache=args.kv_cache)
+                    kv_cache=args.kv_cache)
     print(f"exporting {args.model} to ONNX (about a minute per 100M parameters on 2 CPU cores)", flush=True)
     record = api.export(args.model, args.output, spec, overwrite=args.overwrite)
     print(f"wrote {args.output}/ ({', '.join(record['files'])}) in {record['export_s']:.0f} s")
@@ -293,7 +293,7 @@ def _run_rewrite(args: argparse.Namespace) -> None:
     output = args.output or str(model.parent / f"{stem}-{args.method}-{args.bits}")
     calib = _calib_override(args)
     freeact = None if args.steps is None else settings(dataclasses.replace, FREEACT_PRESETS[args.preset],
-                                                     steps=args.steps)
+                                                        steps=args.steps)
     report = rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
                           types=args.types, preset=args.preset, seed=args.seed, calib=calib, freeact=freeact,
                           tokenizer=args.tokenizer, overwrite=args.overwrite)
@@ -401,8 +401,8 @@ def _calib_override(args: argparse.Namespace):
         return None
     preset = CALIB_PRESETS[args.preset]
     return settings(dataclasses.replace, preset,
-                 windows=preset.windows if args.calib_windows is None else args.calib_windows,
-                 seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
+                    windows=preset.windows if args.calib_windows is None else args.calib_windows,
+                    seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
 
 
 

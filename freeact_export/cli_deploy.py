@@ -55,9 +55,9 @@ def _run_build(args: argparse.Namespace) -> None:
     from freeact_export.runtime.trt_engine import BuildSpec, ProfileSpec
 
     profile = settings(ProfileSpec, max_tokens=args.max_tokens, max_batch=args.max_batch, opt_tokens=args.opt_tokens,
-                    opt_batch=args.opt_batch, max_past=args.max_past)
+                       opt_batch=args.opt_batch, max_past=args.max_past)
     spec = settings(BuildSpec, fp16=not args.no_fp16, version_compatible=args.version_compatible,
-                 exclude_lean_runtime=args.exclude_lean_runtime)
+                    exclude_lean_runtime=args.exclude_lean_runtime)
     record = api.build_engine(args.folder, args.output, profile, spec, timing_cache=args.timing_cache,
                               plugin_library=args.plugin_library, overwrite=args.overwrite)
     out = args.output or f"{args.folder}/engine"
