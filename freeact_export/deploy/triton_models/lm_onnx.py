@@ -39,6 +39,8 @@ class TritonPythonModel:
         self.logits = "logits" if "logits" in outputs else outputs[0]
 
     def _feeds(self, input_ids, attention_mask):
+        # The same feeds as freeact_export/onnx_in/feeds.py builds, written again on purpose: this
+        # file runs alone in Triton's Python backend, where freeact_export may not be installed.
         batch, length = input_ids.shape
         values = {"input_ids": input_ids, "attention_mask": attention_mask,
                   "position_ids": np.broadcast_to(np.arange(length), (batch, length))}
