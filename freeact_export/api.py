@@ -34,11 +34,11 @@ from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
-from freeact_export.quantize.planner import METHODS, build_plan, torch_weights
+from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS, build_plan, torch_weights
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
 from freeact_export.simulate.fake_quant import SimulatedLogits
-from freeact_export.token_types import TokenTypes
+from freeact_export.token_types import DEFAULT_TYPES, TokenTypes
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -249,7 +249,7 @@ def _check_choice(kind: str, value: str, choices) -> None:
         raise UserError(f"unknown {kind} '{value}'; choose one of {', '.join(choices)}")
 
 
-def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", preset: str = "cpu", *,
+def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES, preset: str = "cpu", *,
                     device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
                     progress: bool = True) -> Calibrated:
     """Load a PyTorch model and collect its per-type calibration statistics (EVAL.md sampling).
@@ -285,7 +285,7 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = "single", pre
                       round(time.perf_counter() - start, 1), record.massive.summary(tok))
 
 
-def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: int = 0,
+def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4", seed: int = 0,
                progress: bool = True, freeact: FreeActSpec | None = None) -> tuple[Plan, dict]:
     """Plan one method at one bit setting from a calibration; measure its simulated perplexity.
 
@@ -314,9 +314,9 @@ def plan_model(cal: Calibrated, method: str = "rtn", bits: str = "w4a4", seed: i
     return plan, report
 
 
-def quantize(model: str, corpus: str = "wiki", method: str = "rtn", bits: str = "w4a4", types: str = "single",
-             preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0, device: str = "auto",
-             eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
+def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bits: str = "w4a4",
+             types: str = DEFAULT_TYPES, preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0,
+             device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
              freeact: FreeActSpec | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
 

@@ -39,7 +39,7 @@ examples:
   freeact-export eval --model smollm2-135m --corpus wiki
   freeact-export export --model smollm2-135m -o out/smollm2-135m-fp32
   freeact-export eval --model out/smollm2-135m-fp32 --corpus wiki --json out/ppl-onnx.json
-  freeact-export out/smollm2-135m-fp32 --method freeact --bits w4a4 -o out/smollm2-freeact-w4a4
+  freeact-export out/smollm2-135m-fp32 -o out/smollm2-freeact-w4a4    # freeact-general W4A4, sink=pos:1
   freeact-export check out/smollm2-freeact-w4a4
   freeact-export triton out/smollm2-freeact-w4a4 -o out/triton-repo
   freeact-export serve out/triton-repo
@@ -153,7 +153,8 @@ def _run_export(args: argparse.Namespace) -> None:
 
 def _add_quantize(sub) -> None:
     from freeact_export.config import BITS_PRESETS, CALIB_PRESETS
-    from freeact_export.quantize.planner import METHODS
+    from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS
+    from freeact_export.token_types import DEFAULT_TYPES
 
     p = sub.add_parser(
         "quantize", formatter_class=formatter, help="quantize a PyTorch model into a plan; simulated perplexity",
@@ -179,17 +180,18 @@ def _add_quantize(sub) -> None:
             gpu = 128 x 1024 tokens (EVAL.md), 1500 steps."""),
         epilog=textwrap.dedent("""\
             examples:
-              freeact-export quantize --model smollm2-135m --method freeact --bits w4a4 --types "sink=pos:1" \\
-                  --preset cpu -o out/freeact-w4a4
+              freeact-export quantize --model smollm2-135m --method freeact-general --bits w4a4 \\
+                  --types "sink=pos:1" --preset cpu -o out/freeact-w4a4
               freeact-export quantize --model smollm2-135m --method quarot --bits w4a4 -o out/quarot-w4a4
               freeact-export quantize --model smollm2-135m --method rtn --bits w4a16 --windows 8
               freeact-export quantize --model ./qwen --method smoothrot --types "sink=pos:1" --device cuda"""))
     p.add_argument("--model", required=True, metavar="M", help="name, Hugging Face folder or .gguf file")
     p.add_argument("--corpus", default="wiki", metavar="C", help="calibration + eval corpus (default: wiki)")
-    p.add_argument("--method", default="rtn", choices=METHODS, metavar="METHOD",
-                   help=f"one of {', '.join(METHODS)} (default: rtn)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, metavar="METHOD",
+                   help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD}, the most accurate at W4A4)")
     p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="standard setting (default: w4a4)")
-    p.add_argument("--types", default="single", metavar="RULES", help="token-type rules (default: single)")
+    p.add_argument("--types", default=DEFAULT_TYPES, metavar="RULES",
+                   help=f"token-type rules (default: {DEFAULT_TYPES}, the attention sink)")
     p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")
     p.add_argument("--calib-windows", type=int, metavar="N", help="calibration windows (overrides the preset)")
     p.add_argument("--calib-seqlen", type=int, metavar="T", help="calibration window length (overrides the preset)")
@@ -240,7 +242,8 @@ def _run_quantize(args: argparse.Namespace) -> None:
 
 def _add_rewrite(sub) -> None:
     from freeact_export.config import BITS_PRESETS, CALIB_PRESETS
-    from freeact_export.quantize.planner import METHODS
+    from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS
+    from freeact_export.token_types import DEFAULT_TYPES
 
     p = sub.add_parser(
         "rewrite", formatter_class=formatter, help="the ONNX-in path, also spelled: freeact-export MODEL.onnx ...",
@@ -258,17 +261,17 @@ def _add_rewrite(sub) -> None:
             Layers a kernel cannot take stay in floating point and are listed."""),
         epilog=textwrap.dedent("""\
             examples:
-              freeact-export out/smollm2-135m-fp32 --method freeact --bits w4a4 -o out/smollm2-freeact-w4a4
+              freeact-export out/smollm2-135m-fp32 -o out/smollm2-freeact-w4a4   # freeact-general, sink=pos:1
               freeact-export model.onnx --method quarot+gptq --bits w4a8 --types single --no-check -o out/q
               freeact-export model.onnx --tokenizer ./hf-folder --corpus notes.txt -o out/notes"""))
     p.add_argument("model", metavar="MODEL", help="an .onnx file or a folder holding model.onnx")
     p.add_argument("-o", "--output", metavar="DIR",
                    help="folder to create (default: <model>-<method>-<bits> beside the model)")
-    p.add_argument("--method", default="freeact", choices=METHODS, metavar="METHOD",
-                   help=f"one of {', '.join(METHODS)} (default: freeact)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, metavar="METHOD",
+                   help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD}, the most accurate at W4A4)")
     p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="(default: w4a4)")
-    p.add_argument("--types", default="sink=pos:1", metavar="RULES",
-                   help="token-type rules as in 'quantize' (default: sink=pos:1, the attention sink)")
+    p.add_argument("--types", default=DEFAULT_TYPES, metavar="RULES",
+                   help=f"token-type rules as in 'quantize' (default: {DEFAULT_TYPES}, the attention sink)")
     p.add_argument("--corpus", default="wiki", metavar="C", help="calibration + check corpus (default: wiki)")
     p.add_argument("--tokenizer", metavar="T", help="tokenizer source when none lies beside the model")
     p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")

@@ -13,6 +13,9 @@ import dataclasses
 import torch
 
 KINDS = ("ids", "pos", "input")
+# The attention sink: the first token of every window carries the massive activations of a
+# decoder LM, so it is the rule worth having on text (README, token-type rules).
+DEFAULT_TYPES = "sink=pos:1"
 
 
 @dataclasses.dataclass(frozen=True)

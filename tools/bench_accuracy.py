@@ -1,9 +1,11 @@
 """Accuracy benchmark: EVAL.md perplexity of FP and every method at every bit setting, side by side.
 
 One calibration per token-type rule serves every method (baselines ignore types; the first
---types rule is the main one); further --types rules add FreeAct rows, which measure what each
-rule gains over one type. Writes <out>/bench_accuracy.json (every record; resumable: finished
-cells are kept) and <out>/bench_accuracy.md (the table the README carries).
+--types rule is the main one); further --types rules add rows `METHOD[RULES]` for the methods
+in --methods whose plan depends on the types (freeact, freeact-general and their +gptq; default
+freeact), which measure what each rule gains over one type. Writes <out>/bench_accuracy.json
+(every record; resumable: finished cells are kept) and <out>/bench_accuracy.md (the table the
+README carries).
 
     python tools/bench_accuracy.py --model smollm2-135m --corpus wiki --types "sink=pos:1" \
         --types single --out results/smollm2-135m
@@ -22,6 +24,9 @@ from freeact_export.config import BITS_PRESETS, EvalSpec
 from freeact_export.errors import UserError
 from freeact_export.evaluate.difficulty import plan_difficulty, plot_difficulty
 from freeact_export.quantize.planner import METHODS
+
+# Methods whose plan depends on the token types: only these get a row per extra --types rule.
+TYPED = ("freeact", "freeact-general")
 
 
 def _table(results: dict, rows: list[str], bits: list[str], header: str) -> str:
@@ -49,7 +54,7 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
     parser.add_argument("--bits", default=",".join(BITS_PRESETS), help="comma-separated (default: all)")
     parser.add_argument("--types", action="append", metavar="RULES",
-                        help="token-type rules; repeat for extra FreeAct rows (default: sink=pos:1)")
+                        help="token-type rules; repeat for extra rows of the typed methods (default: sink=pos:1)")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--windows", type=int, default=32)
@@ -64,6 +69,7 @@ def main() -> int:
     spec = EvalSpec(seqlen=1024, windows=args.windows)
     methods, bits = args.methods.split(","), args.bits.split(",")
     rules = args.types or ["sink=pos:1"]
+    typed = [m for m in methods if m.removesuffix("+gptq") in TYPED] or ["freeact"]
 
     def save() -> None:
         tmp = json_path.with_suffix(".json.partial")
@@ -77,7 +83,7 @@ def main() -> int:
         for index, rule in enumerate(rules):
             cal = None
             cells = [(m, b, f"{m}/{b}") for b in bits for m in methods] if index == 0 else \
-                [("freeact", b, f"freeact[{rule}]/{b}") for b in bits]
+                [(m, b, f"{m}[{rule}]/{b}") for b in bits for m in typed]
             for method, b, key in cells:
                 if key in results:
                     continue

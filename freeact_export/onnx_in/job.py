@@ -28,9 +28,9 @@ from freeact_export.models import load_tokenizer
 from freeact_export.onnx_in.calibrate import calibrate_onnx
 from freeact_export.onnx_in.graph import load_onnx
 from freeact_export.plan import Plan
-from freeact_export.quantize.planner import build_plan
+from freeact_export.quantize.planner import DEFAULT_METHOD, build_plan
 from freeact_export.rewrite.graphs import rewrite
-from freeact_export.token_types import TokenTypes
+from freeact_export.token_types import DEFAULT_TYPES, TokenTypes
 
 PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR = "plugin.onnx", "portable.onnx", "plan"
 _EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
@@ -49,8 +49,8 @@ def save_graph(model: onnx.ModelProto, path: Path) -> list[str]:
     return [path.name]
 
 
-def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method: str = "freeact",
-                 bits: str = "w4a4", types: str = "single", preset: str = "cpu", seed: int = 0,
+def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method: str = DEFAULT_METHOD,
+                 bits: str = "w4a4", types: str = DEFAULT_TYPES, preset: str = "cpu", seed: int = 0,
                  calib: CalibSpec | None = None, freeact: FreeActSpec | None = None, tokenizer: str | None = None,
                  device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
     """Calibrate with ONNX Runtime, plan, write the plugin and portable graphs; return the report."""

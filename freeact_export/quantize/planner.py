@@ -22,6 +22,8 @@ TRANSFORMS = (*BASELINES, *LEARNED)
 # "astro" reshapes the weights (no transform; weight-only), then rounds them to nearest.
 # "<method>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
 METHODS = (*TRANSFORMS, "astro", *(f"{t}+gptq" for t in (*TRANSFORMS, "astro")))
+# The most accurate method at W4A4 that stays inside the CPU preset's 15 minutes (README, accuracy).
+DEFAULT_METHOD = "freeact-general"
 
 
 # A linear's (weight [out, in], bias [out] or None) by name: where the planner reads weights, so

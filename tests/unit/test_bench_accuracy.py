@@ -11,15 +11,20 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_writes_table_records_and_plot(tmp_path, tiny_llama, tiny_text_file):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(ROOT / "tools" / "bench_accuracy.py"), "--model", str(tiny_llama),
-           "--corpus", str(tiny_text_file), "--methods", "rtn,quarot+gptq,freeact", "--bits", "w4a4",
-           "--types", "sink=pos:1", "--types", "single", "--windows", "2", "--device", "cpu", "--out", str(out)]
+           "--corpus", str(tiny_text_file), "--methods", "rtn,quarot+gptq,freeact,freeact-general+gptq",
+           "--bits", "w4a4", "--types", "sink=pos:1", "--types", "single", "--windows", "2", "--device", "cpu",
+           "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "bench_accuracy.json").read_text())
-    assert set(results) == {"fp", "rtn/w4a4", "quarot+gptq/w4a4", "freeact/w4a4", "freeact[single]/w4a4"}
+    # The extra rule adds rows only for the methods whose plan depends on the types.
+    assert set(results) == {"fp", "rtn/w4a4", "quarot+gptq/w4a4", "freeact/w4a4", "freeact-general+gptq/w4a4",
+                            "freeact[single]/w4a4", "freeact-general+gptq[single]/w4a4"}
     assert results["freeact/w4a4"]["types"] == "sink=pos:1"
     assert results["freeact[single]/w4a4"]["types"] == "single"
+    assert results["freeact-general+gptq[single]/w4a4"]["method"] == "freeact-general+gptq"
     table = (out / "bench_accuracy.md").read_text()
-    for row in ("| FP32 |", "| rtn |", "| quarot+gptq |", "| freeact |", "| freeact[single] |"):
+    for row in ("| FP32 |", "| rtn |", "| quarot+gptq |", "| freeact |", "| freeact[single] |",
+                "| freeact-general+gptq[single] |"):
         assert row in table
     assert (out / "bench_difficulty.png").stat().st_size > 10_000
