@@ -286,17 +286,20 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
 
 
 def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4", seed: int = 0,
-               progress: bool = True, freeact: FreeActSpec | None = None) -> tuple[Plan, dict]:
+               progress: bool = True, freeact: FreeActSpec | None = None,
+               checkpoint: str | Path | None = None) -> tuple[Plan, dict]:
     """Plan one method at one bit setting from a calibration; measure its simulated perplexity.
 
     Args:
         freeact: learning settings of FreeAct / FlatQuant (default: the calibration preset's).
+        checkpoint: a folder for learned groups, so an interrupted run resumes (see build_plan).
     """
     _check_choice("method", method, METHODS)
     _check_choice("bits", bits, BITS_PRESETS)
     start = time.perf_counter()
     freeact = FREEACT_PRESETS[cal.preset] if freeact is None else freeact
-    plan = build_plan(torch_weights(cal.torch_model), cal.record, method, bits, seed, progress, freeact)
+    plan = build_plan(torch_weights(cal.torch_model), cal.record, method, bits, seed, progress, freeact,
+                      checkpoint)
     plan_s = round(time.perf_counter() - start, 1)
     calib_spec = cal.record.spec.to_dict()
     plan.info.update({"model": cal.model, "corpus": cal.corpus.name, "preset": cal.preset, "calibration": calib_spec,
@@ -317,7 +320,8 @@ def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4"
 def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bits: str = "w4a4",
              types: str = DEFAULT_TYPES, preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0,
              device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
-             freeact: FreeActSpec | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+             freeact: FreeActSpec | None = None, overwrite: bool = False, progress: bool = True,
+             checkpoint: str | Path | None = None) -> dict:
     """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
 
     See calibrate_model and plan_model for the arguments; `seed` drives the method's random
@@ -330,7 +334,7 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
         check_new_output(out, overwrite)  # before the slow part
     cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
                           progress=progress)
-    plan, report = plan_model(cal, method, bits, seed, progress, freeact)
+    plan, report = plan_model(cal, method, bits, seed, progress, freeact, checkpoint)
     if out is not None:
         with atomic_path(out, overwrite) as tmp:
             tmp.mkdir()

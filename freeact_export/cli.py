@@ -46,6 +46,9 @@ examples:
 """
 
 
+CHECKPOINT_HELP = ("FreeAct / FlatQuant: save each learned group here as it finishes; the same command "
+                   "run again with the same folder learns only the groups still missing")
+
 
 def _add_eval(sub) -> None:
     p = sub.add_parser(
@@ -205,6 +208,7 @@ def _add_quantize(sub) -> None:
     p.add_argument("--windows", type=int, default=32, help="eval windows for the simulated perplexity (default: 32)")
     p.add_argument("--seqlen", type=int, default=1024, help="eval window length (default: 1024)")
     p.add_argument("--no-eval", action="store_true", help="write the plan without measuring perplexity")
+    p.add_argument("--checkpoint", metavar="DIR", help=CHECKPOINT_HELP)
     p.add_argument("-o", "--output", metavar="DIR", help="folder for plan.json, plan.safetensors, report.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_run_quantize)
@@ -223,7 +227,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
     freeact = settings(dataclasses.replace, FREEACT_PRESETS[args.preset], **learning) if learning else None
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
                           seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, checkpoint=args.checkpoint)
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
     print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
           f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s; peak memory {report['peak_rss_gb']:.1f} GB")
@@ -279,6 +283,7 @@ def _add_rewrite(sub) -> None:
     p.add_argument("--calib-seqlen", type=int, metavar="T", help="calibration window length (overrides the preset)")
     p.add_argument("--steps", type=int, metavar="N", help="FreeAct / FlatQuant learning steps per group")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default: 0)")
+    p.add_argument("--checkpoint", metavar="DIR", help=CHECKPOINT_HELP)
     p.add_argument("--no-check", action="store_true", help="skip the parity check and perplexities")
     p.add_argument("--windows", type=int, default=32, help="eval windows for the check's perplexities (default: 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -299,7 +304,7 @@ def _run_rewrite(args: argparse.Namespace) -> None:
                                                         steps=args.steps)
     report = rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
                           types=args.types, preset=args.preset, seed=args.seed, calib=calib, freeact=freeact,
-                          tokenizer=args.tokenizer, overwrite=args.overwrite)
+                          tokenizer=args.tokenizer, overwrite=args.overwrite, checkpoint=args.checkpoint)
     before, after = report["weight_bytes_before"], report["weight_bytes_after"]
     print(f"{args.method} {args.bits}: {report['quantized_layers']} linear layers in {report['groups']} groups "
           f"rewritten; calibration {report['calibration_s']:.0f} s (onnxruntime), planning {report['plan_s']:.0f} s, "

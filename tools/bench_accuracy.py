@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="folder for bench_accuracy.json / .md")
+    parser.add_argument("--checkpoint", metavar="DIR",
+                        help="keep learned groups under DIR/<cell>/, so a stopped learned cell resumes (gpu preset)")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -91,7 +93,11 @@ def main() -> int:
                 if cal is None:
                     cal = api.calibrate_model(args.model, args.corpus, rule, args.preset, device=args.device,
                                               eval_spec=spec)
-                plan, report = api.plan_model(cal, method, b, args.seed)
+                checkpoint = None
+                if args.checkpoint:
+                    Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
+                    checkpoint = Path(args.checkpoint) / f"seed{args.seed}-{key.replace('/', '-')}"
+                plan, report = api.plan_model(cal, method, b, args.seed, checkpoint=checkpoint)
                 report["difficulty"] = plan_difficulty(cal.record, plan)
                 results[key] = report
                 save()

@@ -52,8 +52,12 @@ def save_graph(model: onnx.ModelProto, path: Path) -> list[str]:
 def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method: str = DEFAULT_METHOD,
                  bits: str = "w4a4", types: str = DEFAULT_TYPES, preset: str = "cpu", seed: int = 0,
                  calib: CalibSpec | None = None, freeact: FreeActSpec | None = None, tokenizer: str | None = None,
-                 device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
-    """Calibrate with ONNX Runtime, plan, write the plugin and portable graphs; return the report."""
+                 device: str = "cpu", overwrite: bool = False, progress: bool = True,
+                 checkpoint: str | Path | None = None) -> dict:
+    """Calibrate with ONNX Runtime, plan, write the plugin and portable graphs; return the report.
+
+    `checkpoint`: a folder for learned groups, so an interrupted run resumes (see build_plan).
+    """
     source = resolve_model(model)
     if source.kind != "onnx":
         raise UserError(f"{model} is not an ONNX model; export it first ('freeact-export export --model {model} "
@@ -81,7 +85,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     calibration_s = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     learning = FREEACT_PRESETS[preset] if freeact is None else freeact
-    plan = build_plan(onnx_model.weights, record, method, bits, seed, progress, learning)
+    plan = build_plan(onnx_model.weights, record, method, bits, seed, progress, learning, checkpoint)
     plan_s = round(time.perf_counter() - start, 1)
     counts = {name: record.stats[record.groups[0].name][k].count for k, name in enumerate(token_types.names)}
     plan.info.update({"model": model, "corpus": text.name, "preset": preset, "calibration": calib_spec.to_dict(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -12,6 +13,7 @@ from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, bits_
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.quantize.astro import astro_weight
 from freeact_export.quantize.baselines import BASELINES, baseline_transform
+from freeact_export.quantize.checkpoint import LearnedGroups
 from freeact_export.quantize.freeact import learn_freeact
 from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
 from freeact_export.quantize.quantizers import quantize
@@ -68,12 +70,28 @@ def _stored(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() for k, v in tensors.items()}
 
 
+def learned_groups(folder: str | Path, record: CalibrationRecord, method: str, bits: str, seed: int,
+                   freeact: FreeActSpec) -> LearnedGroups:
+    """The checkpoint of `method`'s learned groups: keyed by what a learned group depends on, the
+    settings and the statistics (each group's and type's mean energy tells another model or
+    corpus apart). +gptq only changes how the learned transform's weights are rounded."""
+    settings = {"method": method.partition("+")[0], "bits": bits, "seed": seed, "learning": freeact.to_dict(),
+                "calibration": record.spec.to_dict(), "types": record.token_types.to_text(),
+                "groups": [g.name for g in record.groups]}
+    energy = [float(s.second_moment.diagonal().sum()) / max(s.count, 1) for g in record.groups
+              for s in record.stats[g.name]]
+    return LearnedGroups(folder, settings, energy)
+
+
 def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bits: str, seed: int = 0,
-               progress: bool = True, freeact: FreeActSpec | None = None) -> Plan:
+               progress: bool = True, freeact: FreeActSpec | None = None,
+               checkpoint: str | Path | None = None) -> Plan:
     """Compute every group's transform and quantized weights with `method`.
 
     Args:
         freeact: learning settings for "freeact" / "flatquant" (default: the cpu preset).
+        checkpoint: a folder where learned groups are saved as they finish and read back when
+            a run with the same settings is started again (learned methods only).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method}; choose one of {', '.join(METHODS)}")
@@ -81,6 +99,9 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
     num_types = record.token_types.num_types
     freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
     groups, act_spec, learned = [], None, []
+    saved = None
+    if checkpoint is not None and base in LEARNED:
+        saved = learned_groups(checkpoint, record, method, bits, seed, freeact)
     for index, group in enumerate(tqdm(record.groups, desc=f"plan ({method})", unit="group", disable=not progress)):
         linears = [weights(name) for name in group.linears]
         group_weights = [w for w, _ in linears]
@@ -90,8 +111,13 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
         stats = record.stats[group.name]
         if base in LEARNED:
             kind = "kronecker"
-            tensors, weight_clip, info = learn_freeact(group.name, stats, group_weights, weight_spec, act_spec, freeact,
-                                                       base == "flatquant", group_seed, base == "freeact-general")
+            result = None if saved is None else saved.load(index, group.name)
+            if result is None:
+                result = learn_freeact(group.name, stats, group_weights, weight_spec, act_spec, freeact,
+                                       base == "flatquant", group_seed, base == "freeact-general")
+                if saved is not None:
+                    saved.save(index, *result)
+            tensors, weight_clip, info = result
             learned.append(info)
         else:
             kind, tensors = baseline_transform("rtn" if base == "astro" else base, group.name, stats, group_weights,
