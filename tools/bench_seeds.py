@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -70,6 +71,14 @@ def table(cells: dict[str, dict[int, dict]], pairs: list[tuple[str, str]]) -> st
     return "\n".join(lines) + "\n"
 
 
+def _split_pair(text: str) -> tuple[str, str]:
+    """CELL:CELL, a cell being METHOD[RULES]/BITS; the rules may hold ':' themselves (sink=pos:1)."""
+    match = re.fullmatch(r"(.+?/w4a\d+):(.+/w4a\d+)", text)
+    if match is None:
+        raise ValueError("--pair takes CELL:CELL, e.g. freeact/w4a4:flatquant/w4a4")
+    return match[1], match[2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="bench_accuracy.py output folders, one seed each")
@@ -79,9 +88,7 @@ def main() -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
     try:
-        pairs = [tuple(p.split(":", 1)) for p in args.pair]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError("--pair takes CELL:CELL, e.g. freeact/w4a4:flatquant/w4a4")
+        pairs = [_split_pair(p) for p in args.pair]
         text = table(load_runs(args.folders), pairs)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"bench_seeds: error: {str(err).strip(chr(39))}", file=sys.stderr)

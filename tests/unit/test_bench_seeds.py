@@ -31,9 +31,10 @@ def _run(*args) -> subprocess.CompletedProcess:
 def test_spread_and_paired_ratios_per_seed(tmp_path):
     a = {0: [3.0, 3.2, 2.9], 1: [3.1, 3.0, 3.0], 2: [2.8, 3.3, 3.1]}
     b = {0: [3.1, 3.1, 3.0], 1: [3.0, 3.2, 3.1], 2: [2.9, 3.2, 3.0]}
-    folders = [_write(tmp_path / f"s{s}", {"x/w4a4": _record(s, a[s]), "y/w4a4": _record(s, b[s])}) for s in a]
+    x = "x[sink=pos:1]/w4a4"  # a rule row: its key holds ':' itself
+    folders = [_write(tmp_path / f"s{s}", {x: _record(s, a[s]), "y/w4a4": _record(s, b[s])}) for s in a]
     out = tmp_path / "seeds.md"
-    proc = _run(*folders, "--pair", "x/w4a4:y/w4a4", "--out", out)
+    proc = _run(*folders, "--pair", f"{x}:y/w4a4", "--out", out)
     assert proc.returncode == 0, proc.stderr
     ppl = [math.exp(np.mean(a[s])) for s in a]
     assert f"{np.mean(ppl):.2f} ± {np.std(ppl, ddof=1):.2f}" in out.read_text()
