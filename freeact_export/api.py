@@ -310,7 +310,8 @@ def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4"
               "quantize_s": round(cal.calibration_s + plan_s, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
               "calibration": calib_spec, "type_token_counts": cal.type_token_counts(), "groups": len(plan.groups),
               "massive_activations": cal.massive,
-              "learning_spec": plan.info.get("freeact"), "learning": plan.info.get("learning")}
+              "learning_spec": plan.info.get("freeact"), "learning": plan.info.get("learning"),
+              "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0)}
     if cal.eval_windows is not None:
         runner = SimulatedLogits(cal.torch_model, plan)
         report["eval"] = _perplexity_record(runner, cal.eval_windows, cal.corpus, cal.eval_spec, progress)

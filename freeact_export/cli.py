@@ -50,6 +50,11 @@ CHECKPOINT_HELP = ("FreeAct / FlatQuant: save each learned group here as it fini
                    "run again with the same folder learns only the groups still missing")
 
 
+def _resumed(report: dict) -> str:
+    n = report.get("groups_from_checkpoint", 0)
+    return f" ({n} learned groups read from the checkpoint)" if n else ""
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval", formatter_class=formatter, help="perplexity of a PyTorch or ONNX model",
@@ -230,7 +235,8 @@ def _run_quantize(args: argparse.Namespace) -> None:
                           overwrite=args.overwrite, checkpoint=args.checkpoint)
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
     print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
-          f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s; peak memory {report['peak_rss_gb']:.1f} GB")
+          f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s{_resumed(report)}; "
+          f"peak memory {report['peak_rss_gb']:.1f} GB")
     massive = report["massive_activations"]
     print(f"massive activations (> {massive['factor']:.0f}x the median token, peak {massive['peak_ratio']:.0f}x): "
           f"positions {massive['positions'] or '-'}; tokens {massive['token_ids'] or '-'}; "
@@ -307,8 +313,8 @@ def _run_rewrite(args: argparse.Namespace) -> None:
                           tokenizer=args.tokenizer, overwrite=args.overwrite, checkpoint=args.checkpoint)
     before, after = report["weight_bytes_before"], report["weight_bytes_after"]
     print(f"{args.method} {args.bits}: {report['quantized_layers']} linear layers in {report['groups']} groups "
-          f"rewritten; calibration {report['calibration_s']:.0f} s (onnxruntime), planning {report['plan_s']:.0f} s, "
-          f"rewrite {report['rewrite_s']:.0f} s")
+          f"rewritten; calibration {report['calibration_s']:.0f} s (onnxruntime), planning {report['plan_s']:.0f} s"
+          f"{_resumed(report)}, rewrite {report['rewrite_s']:.0f} s")
     print(f"weights of the rewritten layers: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
           f"({before / max(after, 1):.1f}x smaller, transforms and scales included)")
     for node, why in report["left_in_float"].items():

@@ -99,7 +99,7 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
     num_types = record.token_types.num_types
     freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
     groups, act_spec, learned = [], None, []
-    saved = None
+    saved, resumed = None, 0
     if checkpoint is not None and base in LEARNED:
         saved = learned_groups(checkpoint, record, method, bits, seed, freeact)
     for index, group in enumerate(tqdm(record.groups, desc=f"plan ({method})", unit="group", disable=not progress)):
@@ -112,6 +112,7 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
         if base in LEARNED:
             kind = "kronecker"
             result = None if saved is None else saved.load(index, group.name)
+            resumed += result is not None
             if result is None:
                 result = learn_freeact(group.name, stats, group_weights, weight_spec, act_spec, freeact,
                                        base == "flatquant", group_seed, base == "freeact-general")
@@ -132,4 +133,6 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
     info = {"seed": seed}
     if learned:
         info.update(freeact=freeact.to_dict(), learning=learned)
+    if saved is not None:  # a resumed run's planning time covers only the groups learned in it
+        info["groups_from_checkpoint"] = resumed
     return Plan(method, bits, act_spec, record.token_types.to_text(), groups, info=info)

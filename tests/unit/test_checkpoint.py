@@ -66,6 +66,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_plan(calibrated, tmp_path):
     resumed = build_plan(weights, record, "freeact-general", "w4a4", progress=False, freeact=LEARNING,
                          checkpoint=folder)
     _assert_same_plan(whole, resumed)
+    assert resumed.info["groups_from_checkpoint"] == 5
     assert len(list(folder.glob("group-*.safetensors"))) == len(record.groups)
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
     # Saved groups are read back, not learned again: a mark written into one shows in the next plan.
@@ -100,3 +101,18 @@ def test_a_checkpoint_of_other_settings_is_refused(calibrated, tmp_path):
     with pytest.raises(UserError, match="does not exist; create it first"):
         build_plan(torch_weights(model), record, "flatquant", "w4a4", progress=False, freeact=LEARNING,
                    checkpoint=tmp_path / "missing" / "learned")
+
+
+def test_the_cli_resumes_and_says_so(capsys, tiny_llama, tiny_text_file, tmp_path):
+    from freeact_export.cli import main
+
+    argv = ["quantize", "--model", str(tiny_llama), "--corpus", str(tiny_text_file), "--method", "flatquant",
+            "--types", "single", "--calib-windows", "4", "--calib-seqlen", "48", "--steps", "2", "--no-eval",
+            "--checkpoint", str(tmp_path / "learned")]
+    assert main([*argv, "-o", str(tmp_path / "first")]) == 0
+    assert "read from the checkpoint" not in capsys.readouterr().out
+    assert main([*argv, "-o", str(tmp_path / "again")]) == 0
+    groups = len(list((tmp_path / "learned").glob("group-*.safetensors")))
+    assert groups > 0 and f"({groups} learned groups read from the checkpoint)" in capsys.readouterr().out
+    first, again = (tmp_path / name / "plan.safetensors" for name in ("first", "again"))
+    assert first.read_bytes() == again.read_bytes()
