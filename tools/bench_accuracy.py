@@ -94,9 +94,9 @@ def main() -> int:
                     cal = api.calibrate_model(args.model, args.corpus, rule, args.preset, device=args.device,
                                               eval_spec=spec)
                 checkpoint = None
-                if args.checkpoint:
+                if args.checkpoint:  # +gptq rounds its method's learned groups: one folder serves both
                     Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
-                    checkpoint = Path(args.checkpoint) / f"seed{args.seed}-{key.replace('/', '-')}"
+                    checkpoint = Path(args.checkpoint) / f"seed{args.seed}-{key.replace('+gptq', '').replace('/', '-')}"
                 plan, report = api.plan_model(cal, method, b, args.seed, checkpoint=checkpoint)
                 report["difficulty"] = plan_difficulty(cal.record, plan)
                 results[key] = report

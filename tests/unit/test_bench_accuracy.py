@@ -13,7 +13,7 @@ def test_bench_writes_table_records_and_plot(tmp_path, tiny_llama, tiny_text_fil
     cmd = [sys.executable, str(ROOT / "tools" / "bench_accuracy.py"), "--model", str(tiny_llama),
            "--corpus", str(tiny_text_file), "--methods", "rtn,quarot+gptq,freeact,freeact-general+gptq",
            "--bits", "w4a4", "--types", "sink=pos:1", "--types", "single", "--windows", "2", "--device", "cpu",
-           "--out", str(out)]
+           "--out", str(out), "--checkpoint", str(tmp_path / "learned")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "bench_accuracy.json").read_text())
@@ -28,3 +28,8 @@ def test_bench_writes_table_records_and_plot(tmp_path, tiny_llama, tiny_text_fil
                 "| freeact-general+gptq[single] |"):
         assert row in table
     assert (out / "bench_difficulty.png").stat().st_size > 10_000
+    # Learned cells keep their groups; a +gptq cell shares its method's folder.
+    folders = {p.name for p in (tmp_path / "learned").iterdir()}
+    assert folders == {"seed0-freeact-w4a4", "seed0-freeact-general-w4a4", "seed0-freeact[single]-w4a4",
+                       "seed0-freeact-general[single]-w4a4"}
+    assert all(len(list((tmp_path / "learned" / f).glob("group-*.safetensors"))) == 8 for f in folders)
