@@ -24,7 +24,8 @@ TRANSFORMS = (*BASELINES, *LEARNED)
 # "astro" reshapes the weights (no transform; weight-only), then rounds them to nearest.
 # "<method>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
 METHODS = (*TRANSFORMS, "astro", *(f"{t}+gptq" for t in (*TRANSFORMS, "astro")))
-# The most accurate method at W4A4 that stays inside the CPU preset's 15 minutes (README, accuracy).
+# FreeAct's general per-type variant: the most accurate W4A4 transform (README, accuracy);
+# +gptq composes with it.
 DEFAULT_METHOD = "freeact-general"
 
 
