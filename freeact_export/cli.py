@@ -196,7 +196,7 @@ def _add_quantize(sub) -> None:
     p.add_argument("--model", required=True, metavar="M", help="name, Hugging Face folder or .gguf file")
     p.add_argument("--corpus", default="wiki", metavar="C", help="calibration + eval corpus (default: wiki)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, metavar="METHOD",
-                   help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD}, the most accurate at W4A4)")
+                   help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD}, the most accurate W4A4 transform)")
     p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="standard setting (default: w4a4)")
     p.add_argument("--types", default=DEFAULT_TYPES, metavar="RULES",
                    help=f"token-type rules (default: {DEFAULT_TYPES}, the attention sink)")
@@ -278,7 +278,7 @@ def _add_rewrite(sub) -> None:
     p.add_argument("-o", "--output", metavar="DIR",
                    help="folder to create (default: <model>-<method>-<bits> beside the model)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, metavar="METHOD",
-                   help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD}, the most accurate at W4A4)")
+                   help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD}, the most accurate W4A4 transform)")
     p.add_argument("--bits", default="w4a4", choices=BITS_PRESETS, help="(default: w4a4)")
     p.add_argument("--types", default=DEFAULT_TYPES, metavar="RULES",
                    help=f"token-type rules as in 'quantize' (default: {DEFAULT_TYPES}, the attention sink)")
