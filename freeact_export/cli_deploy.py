@@ -38,6 +38,10 @@ def add_build(sub) -> None:
     p.add_argument("--max-past", type=int, metavar="N",
                    help="KV-cache graphs: cached tokens, at most (default: --max-tokens)")
     p.add_argument("--no-fp16", action="store_true", help="keep the floating-point layers in fp32")
+    p.add_argument("--strongly-typed", action="store_true",
+                   help="build a strongly typed network: every tensor keeps the graph's type, so TensorRT asks "
+                        "for no INT8 scales for the plugins' INT8 codes (implies --no-fp16; try it where a "
+                        "build fails with 'missing int8 scales')")
     p.add_argument("--version-compatible", action="store_true",
                    help="engine loadable by later TensorRT 10.x runtimes (lean runtime and plugin library embedded)")
     p.add_argument("--exclude-lean-runtime", action="store_true",
@@ -56,8 +60,9 @@ def _run_build(args: argparse.Namespace) -> None:
 
     profile = settings(ProfileSpec, max_tokens=args.max_tokens, max_batch=args.max_batch, opt_tokens=args.opt_tokens,
                        opt_batch=args.opt_batch, max_past=args.max_past)
-    spec = settings(BuildSpec, fp16=not args.no_fp16, version_compatible=args.version_compatible,
-                    exclude_lean_runtime=args.exclude_lean_runtime)
+    spec = settings(BuildSpec, fp16=not (args.no_fp16 or args.strongly_typed),
+                    version_compatible=args.version_compatible, exclude_lean_runtime=args.exclude_lean_runtime,
+                    strongly_typed=args.strongly_typed)
     record = api.build_engine(args.folder, args.output, profile, spec, timing_cache=args.timing_cache,
                               plugin_library=args.plugin_library, overwrite=args.overwrite)
     out = args.output or f"{args.folder}/engine"

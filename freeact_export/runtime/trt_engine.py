@@ -95,16 +95,22 @@ class ProfileSpec:
 class BuildSpec:
     """Builder flags. fp16 lets TensorRT pick fp16 kernels for the floating-point layers (the plugins
     choose their own formats); version_compatible embeds the lean runtime so later TensorRT 10.x
-    runtimes can load the plan (exclude_lean_runtime leaves it out: the runtime must bring it)."""
+    runtimes can load the plan (exclude_lean_runtime leaves it out: the runtime must bring it).
+    strongly_typed parses the graph as a strongly typed network: every tensor keeps the graph's type
+    (the plugins' INT8 codes included, with no INT8 scales asked for), so no fp16 flag."""
 
     fp16: bool = True
     version_compatible: bool = False
     exclude_lean_runtime: bool = False
+    strongly_typed: bool = False
 
     def __post_init__(self) -> None:
         if self.exclude_lean_runtime and not self.version_compatible:
             raise ValueError("exclude_lean_runtime needs version_compatible (--exclude-lean-runtime needs "
                              "--version-compatible)")
+        if self.strongly_typed and self.fp16:
+            raise ValueError("a strongly typed network takes its precisions from the graph, not from fp16 "
+                             "(--strongly-typed builds without --fp16)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -268,7 +274,8 @@ def build_engine(folder: str | Path, output: str | Path | None = None, profile: 
         return config
 
     start = time.perf_counter()
-    engine_bytes = EngineBytesFromNetwork(NetworkFromOnnxPath(str(graph)), config=configure,
+    network = NetworkFromOnnxPath(str(graph), strongly_typed=spec.strongly_typed or None)
+    engine_bytes = EngineBytesFromNetwork(network, config=configure,
                                           save_timing_cache=str(cache))()
     build_s = round(time.perf_counter() - start, 1)
     record = {

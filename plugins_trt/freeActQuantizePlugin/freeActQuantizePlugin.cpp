@@ -1,5 +1,7 @@
 #include "freeActQuantizePlugin.h"
 
+#include "../kernels/quantizeLaunchPlan.h"
+
 namespace freeact
 {
 namespace plugin
@@ -46,6 +48,32 @@ void requireSupported(int32_t pos, nvinfer1::PluginTensorDesc const& desc)
     {
         char const* name = pos < kNB_INPUTS ? kINPUT_NAMES[pos] : (pos == kNB_INPUTS + kCODES ? "codes" : "scale");
         fail(std::string(name) + " has an unsupported type or format (see the FreeActQuantize schema)");
+    }
+}
+
+//! Refuses, before any enqueue, a token size no kernel can run on the current GPU: the kernels keep at
+//! least one token row in shared memory (quantizeLaunchPlan.h). Without a CUDA device (building the
+//! plugin graph on a CPU machine, the host test) there is nothing to check against.
+void requireLaunchable(QuantizeShape const& shape)
+{
+    if (shape.d <= 0 || shape.d1 <= 0 || shape.d2 <= 0)
+    {
+        return; // not known yet
+    }
+    int device = 0;
+    size_t budget = 0;
+    if (quantizeSmemBudget(&device, &budget) != cudaSuccess)
+    {
+        cudaGetLastError(); // no device here: leave no error behind for the caller's next CUDA call
+        return;
+    }
+    launch::QuantizeLaunchPlan const plan
+        = launch::planQuantizeLaunch(shape.kronecker, shape.d, shape.d1, shape.d2, 1, budget);
+    if (plan.kernel == launch::QuantizeKernel::kNONE)
+    {
+        fail("d=" + std::to_string(shape.d) + " needs " + std::to_string(plan.smemBytes)
+            + " bytes of shared memory per token row, and this GPU (device " + std::to_string(device) + ") allows "
+            + std::to_string(budget) + "; run this model on a GPU with more shared memory per block");
     }
 }
 
@@ -252,6 +280,7 @@ int32_t FreeActQuantizePlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc
         Dims const outDims[kNB_OUTPUTS] = {out[kCODES].desc.dims, out[kSCALE].desc.dims};
         QuantizeShape const shape = quantizeShapeOf(inDims, nbInputs, attribute("bits"), attribute("kronecker"));
         checkOutputs(shape, inDims[kX], outDims);
+        requireLaunchable(shape);
         return kSTATUS_SUCCESS;
     });
 }
@@ -272,6 +301,7 @@ int32_t FreeActQuantizePlugin::onShapeChange(nvinfer1::PluginTensorDesc const* i
         require(shape.tokens >= 0 && shape.d >= 0 && shape.numTypes >= 0 && shape.d1 >= 0 && shape.d2 >= 0,
             "runtime shapes must be fully known");
         checkOutputs(shape, inDims[kX], outDims);
+        requireLaunchable(shape);
         for (int32_t i = 0; i < kNB_INPUTS; ++i)
         {
             requireSupported(i, in[i]);

@@ -1,5 +1,7 @@
 #include "int4MatMulPlugin.h"
 
+#include "../kernels/freeActMath.cuh"
+
 namespace freeact
 {
 namespace plugin
@@ -103,6 +105,12 @@ MatMulShape matMulShapeOf(Dims const* in, int32_t nbInputs, int32_t actBits, int
     if (actBits == 8 && k >= 0 && k % 2 != 0)
     {
         fail("d must be even (packed INT4 weights), got " + std::to_string(k));
+    }
+    if (k > math::kMaxInnerDim)
+    {
+        // The kernels' int32 sums of x16-scaled products are exact up to this inner dimension.
+        fail("d=" + std::to_string(k) + " exceeds the largest inner dimension the kernels sum exactly ("
+            + std::to_string(math::kMaxInnerDim) + ")");
     }
     requireRank(in[kWEIGHT_SCALE], 2, "weight_scale", "[n, G]");
     sameExtent(in[kWEIGHT_SCALE].d[0], n, "weight_scale must have one row per output channel");

@@ -8,6 +8,7 @@
 // throw, launch on the given stream only, and return the first CUDA error.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cuda_runtime.h>
 
@@ -42,6 +43,10 @@ struct QuantizeShape
 cudaError_t launchFreeActQuantize(void const* x, FloatType xType, int32_t const* types, float const* smooth,
     float const* kron1, float const* kron2, float const* masks, float const* clip, QuantizeShape const& shape,
     int8_t* codes, float* scale, cudaStream_t stream) noexcept;
+
+//! The current device and the dynamic shared memory per block launchFreeActQuantize may use on it (the
+//! opt-in maximum less the kernels' static part); quantizeLaunchPlan.h says what fits in it.
+cudaError_t quantizeSmemBudget(int* device, size_t* bytes) noexcept;
 
 //! Shapes and attributes of one Int4MatMul call (see the Int4MatMul schema).
 struct MatMulShape

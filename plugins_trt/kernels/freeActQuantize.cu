@@ -30,11 +30,14 @@
 // tail][U, same, unless in place]. The launcher picks the largest tile (≤ 8, and only as many tokens as
 // needed to give the 8 warps work) and keeps the factors in shared memory when they fit, else reads them
 // through L1 from global memory (generic pointers; shared factors are loaded once per CTA, per-type ones
-// when the type changes). Example H100 figures: d = 4096 (64×64, Q = 2): tile 2, A+B 32 KB + V 34 KB →
-// 66 KB, 3 CTAs/SM; d = 14336 (112×128, Q = 4): tile 1, V 59 KB + A+B 114 KB → 173 KB, 1 CTA/SM.
+// when the type changes); quantizeLaunchPlan.h makes these choices (checked on the CPU by
+// kernelMathTest). Example H100 figures: d = 4096 (64×64, Q = 2): tile 2, A+B 32 KB + V 34 KB → 66 KB,
+// 2 CTAs/SM (ptxas: 128 registers per thread); d = 14336 (112×128, Q = 4, in place): tile 1, V 58 KB +
+// A+B 113 KB → 171 KB, 1 CTA/SM.
 // Fallback (quantizeRowKernel): when even one token does not fit that way, one CTA per token keeps only
 // V plus one row/column scratch in shared memory and does both products in place one row (column) at a
-// time with block-wide syncs: slow, but any d up to ~(max shared memory / 4) floats works.
+// time with block-wide syncs: slow, but any d up to ~(max shared memory / 8) floats works. Beyond that
+// the plugin refuses the shape when TensorRT configures it (e.g. d = 28672 without a transform on sm_89).
 //
 // Performance limits (to measure on a GPU; target 2048×4096 at ≥ 70 % of copy bandwidth):
 // - FLOPs: 2·d·(d1 + d2) per token (d = 4096, 64×64: 1 MFLOP/token, 2.1 GFLOP for 2048 tokens ≈ 35 µs at
@@ -48,6 +51,7 @@
 // - A 3xTF32 tensor-core variant would be faster but changes the summation (not code-exact): not done.
 #include "freeActKernels.h"
 #include "freeActMath.cuh"
+#include "quantizeLaunchPlan.h"
 
 #include <climits>
 #include <cuda_bf16.h>
@@ -58,13 +62,10 @@ namespace freeact
 namespace
 {
 
-constexpr int32_t kThreads = 256;
-constexpr int32_t kWarps = kThreads / 32;
-constexpr int32_t kMaxTile = 8;
-constexpr int32_t kTailFloats = 64; //!< slack after each buffer for over-reads of discarded columns
-// The only over-read: productLeft's float4 loads cover columns [j0, j0 + 32/Q) of each row, up to 32/Q - 2
-// <= 30 floats past the last grid of a buffer (its rows are read with a clamped offset in productRight).
-static_assert(kTailFloats >= 32, "tail must cover productLeft's over-read of up to 30 floats");
+// Launch constants shared with the launch plan (quantizeLaunchPlan.h).
+constexpr int32_t kThreads = launch::kQuantizeThreads;
+constexpr int32_t kWarps = launch::kQuantizeWarps;
+constexpr int32_t kMaxTile = launch::kMaxTile;
 
 struct QuantizeParams
 {
@@ -460,6 +461,7 @@ __global__ void __launch_bounds__(kThreads) quantizeTileKernel(QuantizeParams p)
     extern __shared__ float4 smemRaw[];
     float* smem = reinterpret_cast<float*>(smemRaw);
     __shared__ int32_t sType[kMaxTile];
+    static_assert(sizeof(sType) <= launch::kStaticSmemBytes, "the launch plan reserves this much");
 
     int32_t const sizeA = p.smemA ? ((p.d1 * p.d1 + 3) & ~3) : 0;
     int32_t const sizeB = p.smemB ? ((p.d2 * p.d2 + 3) & ~3) : 0;
@@ -612,62 +614,29 @@ __global__ void __launch_bounds__(kThreads) quantizeRowKernel(QuantizeParams p)
     }
 }
 
-//! Q (columns per lane / 32) with the least padded work over both products; Q = 1 pays a little more
-//! shared-memory traffic per FMA, so it wins only when strictly cheaper.
-int32_t chooseQ(int32_t d1, int32_t d2)
-{
-    auto roundUp = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
-    int32_t best = 2;
-    double bestCost = 0.0;
-    for (int32_t q : {2, 4, 1})
-    {
-        int64_t const rb = 32 / q;
-        double cost = static_cast<double>(roundUp(d1, rb)) * roundUp(d2, 32 * q) * d2
-            + static_cast<double>(roundUp(d2, rb)) * roundUp(d1, 32 * q) * d1;
-        if (q == 1)
-        {
-            cost *= 1.1;
-        }
-        if (q == 2 || cost < bestCost)
-        {
-            best = q;
-            bestCost = cost;
-        }
-    }
-    return best;
-}
-
-int32_t tasksPerToken(int32_t q, int32_t d1, int32_t d2)
-{
-    int32_t const rb = 32 / q;
-    int32_t const t1 = ((d1 + rb - 1) / rb) * ((d2 + 32 * q - 1) / (32 * q));
-    int32_t const t2 = ((d2 + rb - 1) / rb) * ((d1 + 32 * q - 1) / (32 * q));
-    return t1 < t2 ? t1 : t2;
-}
-
 bool aligned(void const* ptr, uintptr_t bytes)
 {
     return (reinterpret_cast<uintptr_t>(ptr) % bytes) == 0;
 }
 
 template <typename Kernel>
-cudaError_t launchPersistent(Kernel kernel, QuantizeParams const& p, size_t smemBytes, int64_t work,
-    cudaStream_t stream)
+cudaError_t launchPersistent(Kernel kernel, QuantizeParams const& p, size_t smemBytes, size_t budget, int device,
+    int64_t work, cudaStream_t stream)
 {
     cudaError_t err = cudaSuccess;
     if (smemBytes > 48 * 1024)
     {
-        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smemBytes));
+        // The device's whole budget, not this call's size: the attribute is per function and device, so
+        // concurrent callers (two execution contexts) must all set the same value, never shrink it.
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(budget));
         if (err != cudaSuccess)
         {
             return err;
         }
     }
-    int device = 0;
     int sms = 0;
     int perSm = 0;
-    if ((err = cudaGetDevice(&device)) != cudaSuccess
-        || (err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess
+    if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess
         || (err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, kThreads, smemBytes)) != cudaSuccess)
     {
         return err;
@@ -714,6 +683,20 @@ cudaError_t launchFreeActQuantize(void const* x, FloatType xType, int32_t const*
         return cudaErrorInvalidValue;
     }
 
+    int device = 0;
+    size_t budget = 0;
+    cudaError_t const err = quantizeSmemBudget(&device, &budget);
+    if (err != cudaSuccess)
+    {
+        return err;
+    }
+    launch::QuantizeLaunchPlan const plan
+        = launch::planQuantizeLaunch(shape.kronecker, shape.d, shape.d1, shape.d2, shape.tokens, budget);
+    if (plan.kernel == launch::QuantizeKernel::kNONE)
+    {
+        return cudaErrorInvalidValue; // a row of d floats must fit in shared memory (the plugins refuse it earlier)
+    }
+
     QuantizeParams p{};
     p.x = x;
     p.types = types;
@@ -729,118 +712,45 @@ cudaError_t launchFreeActQuantize(void const* x, FloatType xType, int32_t const*
     p.kronPerType = shape.kronPerType;
     p.kronecker = shape.kronecker;
     p.bits = shape.bits;
-    if (!shape.kronecker)
-    {
-        p.d1 = 1; // one row of d: no products, step 3 reads it row-major
-        p.d2 = shape.d;
-    }
-    else if (shape.d2 == 1 && shape.d1 > 1)
-    {
-        // A ⊗ [[b]] = [[b]] ⊗ A: stream the dense matrix as the right factor (one row per token).
-        p.d1 = 1;
-        p.d2 = shape.d;
-        p.kron1 = kron2;
-        p.kron2 = kron1;
-    }
-    else
-    {
-        p.d1 = shape.d1;
-        p.d2 = shape.d2;
-        p.kron1 = kron1;
-        p.kron2 = kron2;
-    }
-    p.stride = math::paddedStride(p.d2);
-    p.slotFloats = p.d1 * p.stride;
-
-    int device = 0;
-    int maxSmem = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-    {
-        err = cudaDeviceGetAttribute(&maxSmem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    }
-    if (err != cudaSuccess)
-    {
-        return err;
-    }
-    size_t const budget = static_cast<size_t>(maxSmem) - 64; // static __shared__ sType
-
-    int32_t const q = shape.kronecker ? chooseQ(p.d1, p.d2) : 1;
-    p.inPlace = (!shape.kronecker || (p.d1 <= 32 * q && p.d2 <= 32 * q)) ? 1 : 0;
-    int32_t const rows = 32 / q;
-    // Fix: the tail was rows * stride + kTailFloats (32 / Q extra grid rows, up to 32 rows of d floats when
-    // kronecker = 0 or for a dense transform), which no kernel reads (see kTailFloats). It pushed tokens
-    // that fit into the per-token fallback: on H100, kronecker = 0 from d ~ 1750 and dense transforms from
-    // d ~ 3200 (d = 4096: the row kernel streams the d x d matrix once per token and runs 2 d __syncthreads
-    // per token), and it made the header's figures (d = 4096, 64 x 64: 66 KB) 71 KB.
-    int32_t const tail = kTailFloats;
-    int32_t wantTile = shape.kronecker ? (kWarps + tasksPerToken(q, p.d1, p.d2) - 1) / tasksPerToken(q, p.d1, p.d2)
-                                       : kWarps;
-    if (shape.kronecker && p.d1 < rows)
-    {
-        // Step-1 rows are flattened over the tile's tokens: short grids need more tokens per task.
-        int32_t const byRows = (rows + p.d1 - 1) / p.d1;
-        wantTile = byRows > wantTile ? byRows : wantTile;
-    }
-    wantTile = wantTile > kMaxTile ? kMaxTile : wantTile;
-    if (shape.tokens < wantTile)
-    {
-        wantTile = static_cast<int32_t>(shape.tokens);
-    }
-    int64_t const factorA = shape.kronecker ? ((static_cast<int64_t>(p.d1) * p.d1 + 3) & ~int64_t{3}) : 0;
-    int64_t const factorB = shape.kronecker ? ((static_cast<int64_t>(p.d2) * p.d2 + 3) & ~int64_t{3}) : 0;
-    // Which factors to keep in shared memory, most useful first; a smaller tile before fewer factors.
-    int32_t const choices[4][2] = {{1, 1}, {factorA <= factorB ? 1 : 0, factorA <= factorB ? 0 : 1},
-        {factorA <= factorB ? 0 : 1, factorA <= factorB ? 1 : 0}, {0, 0}};
-    bool found = false;
-    size_t smemBytes = 0;
-    for (int32_t c = 0; c < 4 && !found; ++c)
-    {
-        if (!shape.kronecker && c > 0)
-        {
-            break;
-        }
-        for (int32_t tile = wantTile; tile >= 1 && !found; --tile)
-        {
-            int64_t const buf = static_cast<int64_t>(tile) * p.slotFloats + tail;
-            int64_t const floats = (shape.kronecker ? choices[c][0] * factorA + choices[c][1] * factorB : 0)
-                + buf * (p.inPlace ? 1 : 2);
-            if (static_cast<size_t>(floats) * sizeof(float) <= budget)
-            {
-                found = true;
-                p.tile = tile;
-                p.bufFloats = static_cast<int32_t>(buf);
-                p.smemA = shape.kronecker ? choices[c][0] : 0;
-                p.smemB = shape.kronecker ? choices[c][1] : 0;
-                smemBytes = static_cast<size_t>(floats) * sizeof(float);
-            }
-        }
-    }
+    p.kron1 = plan.swapFactors ? kron2 : kron1; // unused when kronecker = 0
+    p.kron2 = plan.swapFactors ? kron1 : kron2;
+    p.d1 = plan.d1;
+    p.d2 = plan.d2;
+    p.stride = plan.stride;
+    p.slotFloats = plan.slotFloats;
+    p.tile = plan.tile;
+    p.bufFloats = plan.bufFloats;
+    p.smemA = plan.smemA;
+    p.smemB = plan.smemB;
+    p.inPlace = plan.inPlace;
     p.vecCodes = (p.d % 8 == 0 && aligned(codes, shape.bits == 4 ? 4 : 8)) ? 1 : 0;
 
-    if (found)
+    if (plan.kernel == launch::QuantizeKernel::kROW)
     {
-        int64_t const numTiles = (shape.tokens + p.tile - 1) / p.tile;
-        switch (q)
-        {
-        case 1: return launchPersistent(quantizeTileKernel<1>, p, smemBytes, numTiles, stream);
-        case 2: return launchPersistent(quantizeTileKernel<2>, p, smemBytes, numTiles, stream);
-        default: return launchPersistent(quantizeTileKernel<4>, p, smemBytes, numTiles, stream);
-        }
+        return launchPersistent(quantizeRowKernel, p, plan.smemBytes, budget, device, shape.tokens, stream);
     }
-    // Fallback: V of one token plus a scratch row/column.
-    p.tile = 1;
-    p.inPlace = 1;
-    p.smemA = 0;
-    p.smemB = 0;
-    p.bufFloats = (p.slotFloats + 3) & ~3;
-    int64_t const scratch = p.d1 > p.d2 ? p.d1 : p.d2;
-    smemBytes = (static_cast<size_t>(p.bufFloats) + static_cast<size_t>(scratch)) * sizeof(float);
-    if (smemBytes > budget)
+    int64_t const numTiles = (shape.tokens + p.tile - 1) / p.tile;
+    switch (plan.q)
     {
-        return cudaErrorInvalidValue; // a row of d floats must fit in shared memory
+    case 1: return launchPersistent(quantizeTileKernel<1>, p, plan.smemBytes, budget, device, numTiles, stream);
+    case 2: return launchPersistent(quantizeTileKernel<2>, p, plan.smemBytes, budget, device, numTiles, stream);
+    default: return launchPersistent(quantizeTileKernel<4>, p, plan.smemBytes, budget, device, numTiles, stream);
     }
-    return launchPersistent(quantizeRowKernel, p, smemBytes, shape.tokens, stream);
+}
+
+cudaError_t quantizeSmemBudget(int* device, size_t* bytes) noexcept
+{
+    int maxSmem = 0;
+    cudaError_t err = cudaGetDevice(device);
+    if (err == cudaSuccess)
+    {
+        err = cudaDeviceGetAttribute(&maxSmem, cudaDevAttrMaxSharedMemoryPerBlockOptin, *device);
+    }
+    if (err == cudaSuccess)
+    {
+        *bytes = static_cast<size_t>(maxSmem) - launch::kStaticSmemBytes;
+    }
+    return err;
 }
 
 } // namespace freeact

@@ -1138,6 +1138,9 @@ std::vector<ShapeCase> matMulShapeCases()
         {"bias of the wrong length", a4, {codes4, scale, {48, 32}, {48, 1}, {47}}, {y}, false},
         {"scale not [..., 1]", a4, {codes4, {-1, 2}, {48, 32}, {48, 1}, {48}}, {y}, false},
         {"y of the wrong width", a4, {codes4, scale, {48, 32}, {48, 1}, {48}}, {{-1, 47}}, false},
+        // The kernels' int32 sums are exact up to d = 65536 (freeActMath.cuh): refused at build, not at enqueue.
+        {"d = 65536, the kernels' limit", a4, {{-1, 32768}, scale, {48, 32768}, {48, 1}, {48}}, {y}, true},
+        {"d = 65538, past it", a4, {{-1, 32769}, scale, {48, 32769}, {48, 1}, {48}}, {y}, false},
     };
 }
 

@@ -1,8 +1,10 @@
 // CPU checks of plugins_trt/kernels/freeActMath.cuh, the index / unpack / rounding helpers both kernels
-// run, against the op semantics with exact expectations. No GPU, no CUDA runtime: plain C++17.
+// run, against the op semantics with exact expectations, and of FreeActQuantize's launch plan
+// (quantizeLaunchPlan.h) against shared-memory budgets of real GPUs. No GPU, no CUDA runtime: plain C++17.
 //   g++ -std=c++17 -O2 -Wall -Wextra -I plugins_trt/kernels plugins_trt/tests/kernelMathTest.cpp -o kernelMathTest
 // Prints "N passed, 0 failed" and exits non-zero on any failure.
 #include "freeActMath.cuh"
+#include "quantizeLaunchPlan.h"
 
 #include <cmath>
 #include <cstdint>
@@ -540,6 +542,89 @@ void testMatMulEpilogue(std::mt19937& rng)
     }
 }
 
+//! FreeActQuantize's launch plan: what it puts in shared memory always fits the budget and adds up
+//! (recomputed here from the layout in freeActQuantize.cu), the row kernel is taken only when no tile
+//! does, a shape is refused only when nothing fits, and the header's H100 examples hold.
+void testQuantizeLaunchPlan(std::mt19937& rng)
+{
+    namespace l = freeact::launch;
+    // cudaDevAttrMaxSharedMemoryPerBlockOptin of sm_89 (Ada), sm_80/87 (A100, Orin), sm_90 (H100), less
+    // the kernels' static part; and the 48 KB every GPU allows without opt-in.
+    size_t const budgets[] = {48 * 1024 - 64, 101376 - 64, 166912 - 64, 232448 - 64};
+    size_t const h100 = 232448 - 64;
+    auto padded4 = [](int64_t v) { return (v + 3) & ~int64_t{3}; };
+    std::uniform_int_distribution<int32_t> side(1, 256);
+    int64_t const tokenCounts[] = {1, 3, 8, 100};
+    bool allOk = true;
+    int32_t seen[3] = {0, 0, 0};
+    for (int32_t trial = 0; trial < 3000; ++trial)
+    {
+        int32_t const kronecker = trial % 5 == 0 ? 0 : 1;
+        int32_t const d1 = trial % 7 == 0 ? side(rng) * 4 : side(rng);
+        int32_t const d2 = trial % 11 == 0 ? 1 : side(rng);
+        int32_t const d = d1 * d2;
+        int64_t const tokens = tokenCounts[trial % 4];
+        size_t const budget = budgets[(trial / 4) % 4];
+        l::QuantizeLaunchPlan const plan = l::planQuantizeLaunch(kronecker, d, d1, d2, tokens, budget);
+        ++seen[static_cast<int32_t>(plan.kernel)];
+        bool const dense = kronecker && d2 == 1 && d1 > 1;
+        int32_t const g1 = (!kronecker || dense) ? 1 : d1;
+        int32_t const g2 = (!kronecker || dense) ? d : d2;
+        bool ok = plan.d1 == g1 && plan.d2 == g2 && plan.swapFactors == (dense ? 1 : 0)
+            && plan.stride == m::paddedStride(g2) && plan.slotFloats == g1 * plan.stride;
+        // The tile kernel runs in place when every task owns whole rows / columns; the row kernel always does.
+        int32_t const tileInPlace = (!kronecker || (g1 <= 32 * plan.q && g2 <= 32 * plan.q)) ? 1 : 0;
+        ok = ok && plan.inPlace == (plan.kernel == l::QuantizeKernel::kTILE ? tileInPlace : 1);
+        int64_t const factors = kronecker ? padded4(int64_t{g1} * g1) * plan.smemA + padded4(int64_t{g2} * g2) * plan.smemB : 0;
+        int64_t const oneTile = int64_t{plan.slotFloats} + l::kTailFloats; // a tile of one token, no factors
+        int64_t const rowFloats = padded4(plan.slotFloats) + (g1 > g2 ? g1 : g2);
+        switch (plan.kernel)
+        {
+        case l::QuantizeKernel::kTILE:
+            ok = ok && plan.tile >= 1 && plan.tile <= l::kMaxTile && plan.tile <= tokens
+                && plan.bufFloats == int64_t{plan.tile} * plan.slotFloats + l::kTailFloats
+                && plan.smemBytes == static_cast<size_t>(factors + int64_t{plan.bufFloats} * (plan.inPlace ? 1 : 2)) * 4
+                && plan.smemBytes <= budget;
+            break;
+        case l::QuantizeKernel::kROW:
+            ok = ok && static_cast<size_t>(oneTile * (tileInPlace ? 1 : 2)) * 4 > budget
+                && plan.smemBytes == static_cast<size_t>(rowFloats) * 4 && plan.smemBytes <= budget;
+            break;
+        case l::QuantizeKernel::kNONE:
+            ok = ok && static_cast<size_t>(oneTile * (tileInPlace ? 1 : 2)) * 4 > budget
+                && static_cast<size_t>(rowFloats) * 4 > budget;
+            break;
+        }
+        if (!ok && allOk)
+        {
+            std::printf("launch plan: kronecker %d, %d x %d, tokens %lld, budget %zu\n", kronecker, d1, d2,
+                static_cast<long long>(tokens), budget);
+        }
+        allOk = allOk && ok;
+    }
+    check(allOk, "launch plan fits, adds up, and falls back only when it must");
+    check(seen[0] > 0 && seen[1] > 0 && seen[2] > 0, "the trials reach the tile kernel, the row kernel and refusal",
+        seen[1], seen[2]);
+
+    // The header's H100 examples.
+    l::QuantizeLaunchPlan const p4096 = l::planQuantizeLaunch(1, 4096, 64, 64, 2048, h100);
+    check(p4096.kernel == l::QuantizeKernel::kTILE && p4096.q == 2 && p4096.tile == 2 && p4096.inPlace == 1
+            && p4096.smemA == 1 && p4096.smemB == 1 && p4096.smemBytes == (4096 + 4096 + 2 * 64 * 68 + 64) * 4,
+        "d = 4096 (64 x 64) on H100: Q 2, tile 2, factors in shared memory, 66 KB", p4096.tile,
+        static_cast<long long>(p4096.smemBytes));
+    l::QuantizeLaunchPlan const p14336 = l::planQuantizeLaunch(1, 14336, 112, 128, 2048, h100);
+    check(p14336.kernel == l::QuantizeKernel::kTILE && p14336.q == 4 && p14336.tile == 1 && p14336.inPlace == 1
+            && p14336.smemA == 1 && p14336.smemB == 1
+            && p14336.smemBytes == (112 * 112 + 128 * 128 + 112 * 132 + 64) * 4,
+        "d = 14336 (112 x 128) on H100: Q 4 in place, tile 1, both factors, 171 KB", p14336.q,
+        static_cast<long long>(p14336.smemBytes));
+    check(l::chooseQ(112, 128) == 4, "a cost tie goes to the Q that runs in place", l::chooseQ(112, 128));
+    // A 70B-class FFN width without a transform: one row of 28672 floats (112 KB) exceeds sm_89's 99 KB.
+    check(l::planQuantizeLaunch(0, 28672, 1, 1, 1, 101376 - 64).kernel == l::QuantizeKernel::kNONE,
+        "d = 28672 does not fit sm_89");
+    check(l::planQuantizeLaunch(0, 28672, 1, 1, 1, h100).kernel != l::QuantizeKernel::kNONE, "d = 28672 fits H100");
+}
+
 } // namespace
 
 int main()
@@ -554,6 +639,7 @@ int main()
     testMmaFragments(rng, 8);
     testWorkSplits();
     testMatMulEpilogue(rng);
+    testQuantizeLaunchPlan(rng);
     std::printf("%d passed, %d failed\n", gPassed, gFailed);
     return gFailed == 0 ? 0 : 1;
 }

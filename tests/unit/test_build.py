@@ -85,6 +85,13 @@ def test_exclude_lean_runtime_needs_version_compatible():
     assert BuildSpec(version_compatible=True, exclude_lean_runtime=True).to_dict()["exclude_lean_runtime"]
 
 
+def test_strongly_typed_takes_no_fp16_flag():
+    with pytest.raises(ValueError, match="strongly typed network takes its precisions from the graph"):
+        BuildSpec(strongly_typed=True)
+    assert BuildSpec(strongly_typed=True, fp16=False).to_dict() == {
+        "fp16": False, "version_compatible": False, "exclude_lean_runtime": False, "strongly_typed": True}
+
+
 def test_graph_inputs_reads_symbolic_and_fixed_dims(tmp_path):
     x = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
     past = helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, ["batch", 2, "past", 4])
@@ -117,6 +124,9 @@ def test_build_without_tensorrt_names_what_to_install(capsys, rewritten, tmp_pat
     assert_one_line_error(code, err, "TensorRT's Python package is not importable here")
     assert "pip install 'tensorrt-cu13>=10.14,<11'" in err
     assert not (rewritten / "engine").exists() and not list(rewritten.glob(".engine.*"))
+    # --strongly-typed implies --no-fp16: the spec is valid and the build gets as far as TensorRT.
+    code, _, err = run_cli(capsys, "build", str(rewritten), "--strongly-typed")
+    assert_one_line_error(code, err, "TensorRT's Python package is not importable here")
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
