@@ -21,6 +21,8 @@ constexpr int32_t kQuantizeWarps = kQuantizeThreads / 32;
 constexpr int32_t kMaxTile = 8;
 //! Slack after each buffer for over-reads of discarded columns: productLeft's float4 loads cover
 //! columns [j0, j0 + 32/Q) of each row, up to 32/Q - 2 <= 30 floats past the last grid of a buffer.
+//! Those values are discarded, but they may be cells another warp is writing: compute-sanitizer's
+//! racecheck can report them as hazards without any result depending on them.
 constexpr int32_t kTailFloats = 64;
 static_assert(kTailFloats >= 32, "tail must cover productLeft's over-read of up to 30 floats");
 //! Static __shared__ memory of the kernels (the tile's token types), kept out of the dynamic budget.
