@@ -185,7 +185,8 @@ def _add_quantize(sub) -> None:
               vision=input:token_type_ids  an explicit model input
               sink=pos:1;mask=ids:126336   combinations
             presets: cpu = 32 calibration windows x 512 tokens, 100 learning steps per group;
-            gpu = 128 x 1024 tokens (EVAL.md), 1500 steps."""),
+            gpu = 128 x 1024 tokens (EVAL.md), 1500 steps: meant for a GPU (hours of learning on a
+            CPU; --checkpoint DIR keeps each learned group, so a stopped run resumes)."""),
         epilog=textwrap.dedent("""\
             examples:
               freeact-export quantize --model smollm2-135m --method freeact-general --bits w4a4 \\
