@@ -82,6 +82,8 @@ class TokenTypes:
                     rules.append(TokenTypeRule(name, kind, input_name=arg))
             except ValueError:
                 raise ValueError(f"token-type rule '{part}' needs integers after '{kind}:'") from None
+            if kind == "pos" and rules[-1].count < 1:
+                raise ValueError(f"token-type rule '{part}' selects no token: pos:N takes the first N >= 1 positions")
         return cls(tuple(rules))
 
     def assign(self, input_ids: torch.Tensor, extra_inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -95,6 +95,8 @@ def load_onnx(path: Path) -> OnnxModel:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - protobuf raises several types for a corrupt file
         raise UserError(f"{path} is not a readable ONNX model ({type(err).__name__}); re-export it") from None
+    if not model.graph.node or not model.graph.output:  # protobuf reads an empty file as an empty model
+        raise UserError(f"{path} holds no graph (no nodes or no outputs): the file is empty or not ONNX; re-export it")
     linears, skipped = find_linears(model)
     if not linears:
         raise UserError(f"{path}: no MatMul or Gemm with a constant 2-D weight (initializer) found; "

@@ -169,6 +169,10 @@ def test_bad_onnx_inputs_are_one_line_errors(capsys, tmp_path, exported, tiny_te
     corrupt.write_bytes(b"\x08\x07garbage" * 10)
     code = main([str(corrupt), "-o", str(tmp_path / "o2"), "--no-check"])
     assert_one_line_error(code, capsys.readouterr().err, "is not a readable ONNX model")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    code = main([str(empty), "-o", str(tmp_path / "o4"), "--no-check"])
+    assert_one_line_error(code, capsys.readouterr().err, "holds no graph")
     existing = tmp_path / "exists"
     existing.mkdir()
     code = main([str(exported[1]["llama"]), "-o", str(existing), "--no-check"])
@@ -177,4 +181,5 @@ def test_bad_onnx_inputs_are_one_line_errors(capsys, tmp_path, exported, tiny_te
                  "--corpus", str(tiny_text_file), "--calib-windows", "4", "--calib-seqlen", "48", "--no-check"])
     assert_one_line_error(code, capsys.readouterr().err, "vision_mask")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    assert not (tmp_path / "o4").exists()
     assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))

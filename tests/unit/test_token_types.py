@@ -22,7 +22,8 @@ def test_first_matching_rule_wins_and_text_round_trips():
     assert got.tolist() == [[1, 1, 2, 2, 3, 0]]
 
 
-@pytest.mark.parametrize("bad", ["sink=pos", "x=foo:1", "=ids:1", "a=ids:1;a=pos:2", "other=pos:1", "m=ids:x"])
+@pytest.mark.parametrize("bad", ["sink=pos", "x=foo:1", "=ids:1", "a=ids:1;a=pos:2", "other=pos:1", "m=ids:x",
+                                 "sink=pos:0", "sink=pos:-2"])
 def test_bad_rules_are_refused(bad):
     with pytest.raises(ValueError):
         TokenTypes.parse(bad)
