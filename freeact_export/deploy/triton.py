@@ -28,7 +28,7 @@ from google.protobuf import text_format
 
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
-from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten
+from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, read_rewritten_graph
 
 TRT_MODEL, ONNX_MODEL = "freeact_lm_trt", "freeact_lm_onnx"
 TOKENIZE_MODEL, GREEDY_MODEL, ENSEMBLE_MODEL, GENERATE_MODEL = (
@@ -92,7 +92,7 @@ def _config(name: str, spec: TritonSpec, *, backend: str = "", platform: str = "
 
 def _graph_io(path: Path, batched: bool):
     """(inputs, outputs) of an ONNX graph as (name, Triton type, dims); the batch dim dropped when batched."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_rewritten_graph(path.parent, path.name)
     initializers = {i.name for i in model.graph.initializer}
 
     def rows(values):

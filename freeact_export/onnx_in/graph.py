@@ -89,14 +89,20 @@ class OnnxModel:
         return [i.name for i in self.model.graph.input if i.name not in inits]
 
 
+def read_onnx(path: Path, remedy: str, external_data: bool = False) -> onnx.ModelProto:
+    """The model in `path`, or one UserError line ending in `remedy` if it is unreadable or has no graph."""
+    try:
+        model = onnx.load(str(path), load_external_data=external_data)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several types for a corrupt file, OSError for data
+        raise UserError(f"{path} is not a readable ONNX model ({type(err).__name__}); {remedy}") from None
+    if not model.graph.node or not model.graph.output:  # protobuf reads an empty file as an empty model
+        raise UserError(f"{path} holds no graph (no nodes or no outputs): the file is empty or not ONNX; {remedy}")
+    return model
+
+
 def load_onnx(path: Path) -> OnnxModel:
     """Read the graph (not the weight data) and find its linear layers and groups."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf raises several types for a corrupt file
-        raise UserError(f"{path} is not a readable ONNX model ({type(err).__name__}); re-export it") from None
-    if not model.graph.node or not model.graph.output:  # protobuf reads an empty file as an empty model
-        raise UserError(f"{path} holds no graph (no nodes or no outputs): the file is empty or not ONNX; re-export it")
+    model = read_onnx(path, "re-export it")
     linears, skipped = find_linears(model)
     if not linears:
         raise UserError(f"{path}: no MatMul or Gemm with a constant 2-D weight (initializer) found; "

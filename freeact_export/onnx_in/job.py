@@ -26,7 +26,7 @@ from freeact_export.evaluate.perplexity import bos_context_id
 from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer
 from freeact_export.onnx_in.calibrate import calibrate_onnx
-from freeact_export.onnx_in.graph import load_onnx
+from freeact_export.onnx_in.graph import load_onnx, read_onnx
 from freeact_export.plan import Plan
 from freeact_export.quantize.planner import DEFAULT_METHOD, build_plan
 from freeact_export.rewrite.graphs import rewrite
@@ -103,7 +103,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
         plan.write_into(tmp / PLAN_DIR)
         start = time.perf_counter()
         files = {}
-        full = onnx.load(str(onnx_model.path))
+        full = read_onnx(onnx_model.path, "re-export it (its weight data must lie beside it)", external_data=True)
         for name, portable in ((PLUGIN_GRAPH, False), (PORTABLE_GRAPH, True)):
             rewritten = rewrite(onnx_model, full, plan, portable)
             files[name] = save_graph(rewritten.model, tmp / name)
@@ -121,11 +121,27 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     return report
 
 
+_WRITE_AGAIN = "write the folder again with 'freeact-export MODEL.onnx -o DIR'"
+
+
 def load_rewritten(folder: str | Path) -> tuple[Path, Plan, dict]:
-    """(folder, plan, report) of a folder this job wrote; UserError naming what is missing."""
+    """(folder, plan, report) of a folder this job wrote; UserError naming what is missing or unreadable."""
     path = Path(folder)
     missing = [n for n in (PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR, "report.json") if not (path / n).exists()]
     if missing:
         raise UserError(f"{folder} is not a folder written by 'freeact-export MODEL.onnx' (missing: "
                         f"{', '.join(missing)})")
-    return path, Plan.load(path / PLAN_DIR), json.loads((path / "report.json").read_text())
+    try:
+        plan = Plan.load(path / PLAN_DIR)
+        report = json.loads((path / "report.json").read_text())
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors, json and OS errors for a damaged folder
+        raise UserError(f"{folder} has an unreadable plan or report.json ({type(err).__name__}); {_WRITE_AGAIN}") \
+            from None
+    return path, plan, report
+
+
+def read_rewritten_graph(folder: Path, name: str, external_data: bool = False) -> onnx.ModelProto:
+    """plugin.onnx or portable.onnx of a folder this job wrote; one UserError line if it is damaged."""
+    return read_onnx(folder / name, _WRITE_AGAIN, external_data)

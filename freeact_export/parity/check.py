@@ -50,7 +50,7 @@ from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import bos_context_id, eval_windows, perplexity
 from freeact_export.files import atomic_path
 from freeact_export.models import load_tokenizer, load_torch_model
-from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten
+from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, read_rewritten_graph
 from freeact_export.ops.reference import session_options, unpack_int4
 from freeact_export.parity.logits import sample_batches
 from freeact_export.parity.trt_compare import TRT_RUNNER, compare_tensorrt, tensorrt_runner
@@ -118,8 +118,8 @@ class SimulationRunner(BaseRunner):
 
 def _tapped_session(path: Path, options: ort.SessionOptions, extra: list[str]):
     """A loader (for OnnxrtRunner) of the graph with `extra` tensors added as outputs."""
-    return lambda: session_with_outputs(onnx.load(str(path), load_external_data=False), path.parent,
-                                        dict.fromkeys(extra), options, ["CPUExecutionProvider"])
+    model = read_rewritten_graph(path.parent, path.name)  # read now: a damaged file is one line, not a traceback
+    return lambda: session_with_outputs(model, path.parent, dict.fromkeys(extra), options, ["CPUExecutionProvider"])
 
 
 def plugin_session_options() -> ort.SessionOptions:
@@ -134,7 +134,7 @@ def _check_weights(folder: Path, plan: Plan) -> dict:
     """Every INT4 weight initializer of both graphs against the plan's codes."""
     result = {}
     for graph_name, portable in ((PLUGIN_GRAPH, False), (PORTABLE_GRAPH, True)):
-        model = onnx.load(str(folder / graph_name))
+        model = read_rewritten_graph(folder, graph_name, external_data=True)
         inits = {i.name: i for i in model.graph.initializer}
         checked = different = 0
         for g, group in enumerate(plan.groups):
@@ -158,6 +158,10 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     when it can run here.
     """
     path, plan, _ = load_rewritten(folder)
+    extra = [codes_name(i) for i in range(len(plan.groups))] if plan.act_spec is not None else []
+    # Both graphs are read first, so a damaged file fails in one line before any slow work.
+    plugin_session = _tapped_session(path / PLUGIN_GRAPH, plugin_session_options(), extra)
+    portable_session = _tapped_session(path / PORTABLE_GRAPH, exact_session_options(), extra)
     source = ModelSource(str(path), "onnx", path / PORTABLE_GRAPH, path)
     tok = load_tokenizer(source)
     text = resolve_corpus(corpus)
@@ -165,7 +169,6 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     batches = [*sample_batches(tok), (np.asarray([ids], np.int64), np.ones((1, len(ids)), np.int64))]
     portable_runner = OrtLogits(path / PORTABLE_GRAPH)
     feeds = [portable_runner.feeds(i, m) for i, m in batches]  # with empty past caches where the graph has them
-    extra = [codes_name(i) for i in range(len(plan.groups))] if plan.act_spec is not None else []
     simulated, why_not = _simulation(path, plan)
     floor_sim = None
     runners = []
@@ -175,9 +178,8 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
         for p in floor_sim.paths:
             p.compute_dtype = torch.float64
         runners.append(SimulationRunner(floor_sim, feeds[0], name=FLOOR_RUNNER))
-    runners.append(OnnxrtRunner(_tapped_session(path / PLUGIN_GRAPH, plugin_session_options(), extra), name="plugin"))
-    runners.append(OnnxrtRunner(_tapped_session(path / PORTABLE_GRAPH, exact_session_options(), extra),
-                                name="portable"))
+    runners.append(OnnxrtRunner(plugin_session, name="plugin"))
+    runners.append(OnnxrtRunner(portable_session, name="portable"))
     trt_runner, trt_info = tensorrt_runner(path, engine, feeds)
     if trt_runner is not None:
         runners.append(trt_runner)

@@ -21,12 +21,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import onnx
-
 from freeact_export import __version__
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path
-from freeact_export.onnx_in.job import PLUGIN_GRAPH, load_rewritten
+from freeact_export.onnx_in.job import PLUGIN_GRAPH, load_rewritten, read_rewritten_graph
 from freeact_export.runtime import plugin_lib
 from freeact_export.runtime.machine import probe_gpu, sha256, tensorrt_cuda_major
 
@@ -121,7 +119,7 @@ Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 def graph_inputs(path: str | Path) -> list[tuple[str, list[Dim]]]:
     """(name, dims) of an ONNX graph's inputs; a dim is an int, a symbolic name, or None (unknown)."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_rewritten_graph(Path(path).parent, Path(path).name)
     initializers = {i.name for i in model.graph.initializer}
     inputs = []
     for value in model.graph.input:

@@ -5,6 +5,7 @@ The engine build itself needs TensorRT and a GPU: tests/trt/test_trt_engine.py.
 """
 
 import importlib.util
+import shutil
 
 import onnx
 import pytest
@@ -151,6 +152,25 @@ def test_build_refuses_an_existing_engine_folder_before_tensorrt(capsys, rewritt
 def test_build_of_a_folder_that_is_not_rewritten(capsys, tmp_path):
     code, _, err = run_cli(capsys, "build", str(tmp_path))
     assert_one_line_error(code, err, "is not a folder written by 'freeact-export MODEL.onnx'")
+
+
+# The commands that read each file before anything else fails (bundle needs an engine first, triton
+# without --engine serves only the portable graph).
+READERS = {"plugin.onnx": ("check", "build"), "portable.onnx": ("check", "triton"),
+           "report.json": ("check", "triton", "build", "bundle"),
+           "plan/plan.safetensors": ("check", "triton", "build", "bundle")}
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_a_damaged_folder_is_one_line_for_every_command(capsys, rewritten, tmp_path, name):
+    folder = tmp_path / "damaged"
+    shutil.copytree(rewritten, folder)
+    (folder / name).write_bytes(b"" if name == "portable.onnx" else b"\x08\x07garbage" * 10)
+    for command in READERS[name]:
+        output = [] if command == "check" else ["-o", str(tmp_path / "out")]
+        code, _, err = run_cli(capsys, command, str(folder), *output)
+        assert_one_line_error(code, err, "write the folder again with 'freeact-export MODEL.onnx -o DIR'")
+    assert [p.name for p in tmp_path.iterdir()] == ["damaged"]
 
 
 def test_no_gpu_is_one_clear_line():
