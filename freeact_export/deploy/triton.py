@@ -92,7 +92,7 @@ def _config(name: str, spec: TritonSpec, *, backend: str = "", platform: str = "
 
 def _graph_io(path: Path, batched: bool):
     """(inputs, outputs) of an ONNX graph as (name, Triton type, dims); the batch dim dropped when batched."""
-    model = read_rewritten_graph(path.parent, path.name)
+    model = read_rewritten_graph(path)
     initializers = {i.name for i in model.graph.initializer}
 
     def rows(values):

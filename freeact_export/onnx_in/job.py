@@ -142,6 +142,6 @@ def load_rewritten(folder: str | Path) -> tuple[Path, Plan, dict]:
     return path, plan, report
 
 
-def read_rewritten_graph(folder: Path, name: str, external_data: bool = False) -> onnx.ModelProto:
+def read_rewritten_graph(path: str | Path, external_data: bool = False) -> onnx.ModelProto:
     """plugin.onnx or portable.onnx of a folder this job wrote; one UserError line if it is damaged."""
-    return read_onnx(folder / name, _WRITE_AGAIN, external_data)
+    return read_onnx(Path(path), _WRITE_AGAIN, external_data)

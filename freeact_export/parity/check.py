@@ -118,7 +118,7 @@ class SimulationRunner(BaseRunner):
 
 def _tapped_session(path: Path, options: ort.SessionOptions, extra: list[str]):
     """A loader (for OnnxrtRunner) of the graph with `extra` tensors added as outputs."""
-    model = read_rewritten_graph(path.parent, path.name)  # read now: a damaged file is one line, not a traceback
+    model = read_rewritten_graph(path)  # read now: a damaged file is one line, not a traceback
     return lambda: session_with_outputs(model, path.parent, dict.fromkeys(extra), options, ["CPUExecutionProvider"])
 
 
@@ -134,7 +134,7 @@ def _check_weights(folder: Path, plan: Plan) -> dict:
     """Every INT4 weight initializer of both graphs against the plan's codes."""
     result = {}
     for graph_name, portable in ((PLUGIN_GRAPH, False), (PORTABLE_GRAPH, True)):
-        model = read_rewritten_graph(folder, graph_name, external_data=True)
+        model = read_rewritten_graph(folder / graph_name, external_data=True)
         inits = {i.name: i for i in model.graph.initializer}
         checked = different = 0
         for g, group in enumerate(plan.groups):

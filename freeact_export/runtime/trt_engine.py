@@ -119,7 +119,7 @@ Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 def graph_inputs(path: str | Path) -> list[tuple[str, list[Dim]]]:
     """(name, dims) of an ONNX graph's inputs; a dim is an int, a symbolic name, or None (unknown)."""
-    model = read_rewritten_graph(Path(path).parent, Path(path).name)
+    model = read_rewritten_graph(path)
     initializers = {i.name for i in model.graph.initializer}
     inputs = []
     for value in model.graph.input:
