@@ -47,3 +47,14 @@ def test_readme_figures_match_the_recorded_results():
     for record in records.values():
         assert f"**{record['perplexity']:.3f}**" in README
         assert (record["windows"], record["seqlen"], record["corpus"]) == (32, 1024, "wiki")
+
+
+def test_readme_gpu_preset_figures_match_their_record():
+    import json
+
+    cells = json.loads((ROOT / "results" / "smollm2-135m" / "gpu-preset" / "bench_accuracy.json").read_text())
+    for name in ("freeact-general/w4a4", "freeact-general+gptq/w4a4"):
+        cell = cells[name]
+        assert (cell["preset"], cell["calibration"]["windows"], cell["calibration"]["seqlen"]) == ("gpu", 128, 1024)
+        assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["eval"]["corpus"]) == (32, 1024, "wiki")
+        assert f"**{cell['eval']['perplexity']:.2f}**" in README
