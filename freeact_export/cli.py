@@ -145,10 +145,12 @@ def _add_export(sub) -> None:
 
 def _run_export(args: argparse.Namespace) -> None:
     from freeact_export import api
+    from freeact_export.assets import resolve_model
     from freeact_export.config import ExportSpec
 
     spec = settings(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify,
                     kv_cache=args.kv_cache)
+    resolve_model(args.model)  # an unknown model is its one error line, without a banner before it
     print(f"exporting {args.model} to ONNX (about a minute per 100M parameters on 2 CPU cores)", flush=True)
     record = api.export(args.model, args.output, spec, overwrite=args.overwrite)
     print(f"wrote {args.output}/ ({', '.join(record['files'])}) in {record['export_s']:.0f} s")

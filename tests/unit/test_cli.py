@@ -52,6 +52,13 @@ def test_unknown_model_name(capsys):
     assert_one_line_error(code, err, "unknown model 'llama-7b-chat'")
 
 
+def test_export_of_an_unknown_model_is_the_error_alone(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "export", "--model", "llama-7b-chat", "-o", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "unknown model 'llama-7b-chat'")
+    assert out == ""  # no "exporting ..." banner for a model that cannot be found
+    assert not (tmp_path / "x").exists()
+
+
 def test_corrupt_gguf(capsys, tmp_path, tiny_text_file):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + bytes(range(256)) * 4)
