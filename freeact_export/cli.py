@@ -422,25 +422,7 @@ def _calib_override(args: argparse.Namespace):
                     seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
 
 
-
-# Commands whose stage lands with a later issue: their help already says what they will do.
-PLANNED: dict[str, tuple[str, str]] = {}
-
-
-def _add_planned(sub, name: str) -> None:
-    summary, description = PLANNED[name]
-    p = sub.add_parser(name, formatter_class=formatter, help=f"{summary} [coming]",
-                       description=textwrap.dedent(description))
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(run=lambda args, name=name: _not_yet(name))
-
-
-def _not_yet(name: str) -> None:
-    raise UserError(f"'{name}' is not available in freeact-export {__version__} yet; "
-                    f"see '{PROG} {name} --help' for what it will do")
-
-
-COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", "triton", "serve", *PLANNED)
+COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", "triton", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,8 +440,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_bundle(sub)
     add_triton(sub)
     add_serve(sub)
-    for name in PLANNED:
-        _add_planned(sub, name)
     return parser
 
 
