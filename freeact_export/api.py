@@ -311,7 +311,8 @@ def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4"
               "calibration": calib_spec, "type_token_counts": cal.type_token_counts(), "groups": len(plan.groups),
               "massive_activations": cal.massive,
               "learning_spec": plan.info.get("freeact"), "learning": plan.info.get("learning"),
-              "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0)}
+              "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0),
+              "checkpoint_learn_s": plan.info.get("checkpoint_learn_s")}
     if cal.eval_windows is not None:
         runner = SimulatedLogits(cal.torch_model, plan)
         report["eval"] = _perplexity_record(runner, cal.eval_windows, cal.corpus, cal.eval_spec, progress)

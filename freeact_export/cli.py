@@ -51,8 +51,9 @@ CHECKPOINT_HELP = ("FreeAct / FlatQuant: save each learned group here as it fini
 
 
 def _resumed(report: dict) -> str:
-    n = report.get("groups_from_checkpoint", 0)
-    return f" ({n} learned groups read from the checkpoint)" if n else ""
+    n, learn_s = report.get("groups_from_checkpoint", 0), report.get("checkpoint_learn_s")
+    took = "" if learn_s is None else f", learned earlier in {learn_s:.0f} s"
+    return f" ({n} learned groups read from the checkpoint{took})" if n else ""
 
 
 def _add_eval(sub) -> None:

@@ -96,7 +96,8 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
               "calibration_s": calibration_s, "plan_s": plan_s, "groups": len(plan.groups),
               "massive_activations": record.massive.summary(tok),
               "left_in_float": onnx_model.skipped, "learning": plan.info.get("learning"),
-              "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0)}
+              "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0),
+              "checkpoint_learn_s": plan.info.get("checkpoint_learn_s")}
     with atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
         (tmp / PLAN_DIR).mkdir()

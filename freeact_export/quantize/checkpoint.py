@@ -52,6 +52,10 @@ class LearnedGroups:
                                 f"(different {', '.join(differ)}); use another folder or delete it")
         else:
             _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=2) + "\n"))
+        # Learning seconds of the groups read back, so a resumed run can report its whole cost (None
+        # once a group saved without a time is read); kept out of `info`, which must not depend on
+        # when a group was learned.
+        self.loaded_learn_s: float | None = 0.0
 
     def _file(self, index: int) -> Path:
         return self.folder / f"group-{index:04d}.safetensors"
@@ -62,17 +66,23 @@ class LearnedGroups:
         if not path.exists():
             return None
         with safe_open(str(path), framework="pt") as f:
-            info = json.loads(f.metadata()["info"])
+            metadata = f.metadata()
+            info = json.loads(metadata["info"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
         if info.get("group") != name:
             raise UserError(f"checkpoint {path} holds group {info.get('group')}, not {name}; "
                             "use another folder or delete it")
+        if "learn_s" not in metadata:
+            self.loaded_learn_s = None
+        elif self.loaded_learn_s is not None:
+            self.loaded_learn_s += float(metadata["learn_s"])
         return tensors, tensors.pop("weight_clip"), info
 
-    def save(self, index: int, tensors: dict[str, torch.Tensor], weight_clip: torch.Tensor, info: dict) -> None:
+    def save(self, index: int, tensors: dict[str, torch.Tensor], weight_clip: torch.Tensor, info: dict,
+             learn_s: float) -> None:
         payload = {key: value.contiguous() for key, value in {**tensors, "weight_clip": weight_clip}.items()}
-        _write_atomically(self._file(index),
-                          lambda tmp: save_file(payload, str(tmp), metadata={"info": json.dumps(info)}))
+        metadata = {"info": json.dumps(info), "learn_s": f"{learn_s:.3f}"}
+        _write_atomically(self._file(index), lambda tmp: save_file(payload, str(tmp), metadata=metadata))
 
 
 def _write_atomically(path: Path, write) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,10 +116,11 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
             result = None if saved is None else saved.load(index, group.name)
             resumed += result is not None
             if result is None:
+                start = time.perf_counter()
                 result = learn_freeact(group.name, stats, group_weights, weight_spec, act_spec, freeact,
                                        base == "flatquant", group_seed, base == "freeact-general")
                 if saved is not None:
-                    saved.save(index, *result)
+                    saved.save(index, *result, learn_s=time.perf_counter() - start)
             tensors, weight_clip, info = result
             learned.append(info)
         else:
@@ -136,4 +138,6 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
         info.update(freeact=freeact.to_dict(), learning=learned)
     if saved is not None:  # a resumed run's planning time covers only the groups learned in it
         info["groups_from_checkpoint"] = resumed
+        learn_s = saved.loaded_learn_s  # what those groups took to learn; None if a group has no time
+        info["checkpoint_learn_s"] = None if learn_s is None else round(learn_s, 1)
     return Plan(method, bits, act_spec, record.token_types.to_text(), groups, info=info)

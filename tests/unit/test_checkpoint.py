@@ -1,8 +1,12 @@
 """A learning run stopped part-way resumes from its checkpoint and gives the uninterrupted plan."""
 
+import json
+import time
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from freeact_export.calibrate.run import calibrate, calibration_windows
@@ -56,9 +60,11 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_plan(calibrated, tmp_path):
     weights = torch_weights(model)
     whole = build_plan(weights, record, "freeact-general", "w4a4", progress=False, freeact=LEARNING)
     folder = tmp_path / "learned"
+    start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         build_plan(_stopping_at(weights, record, 5), record, "freeact-general", "w4a4", progress=False,
                    freeact=LEARNING, checkpoint=folder)
+    interrupted_s = time.perf_counter() - start
     saved = sorted(folder.glob("group-*.safetensors"))
     assert len(saved) == 5  # the groups finished before the stop, each whole
     assert not list(folder.glob("*.partial"))
@@ -67,19 +73,29 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_plan(calibrated, tmp_path):
                          checkpoint=folder)
     _assert_same_plan(whole, resumed)
     assert resumed.info["groups_from_checkpoint"] == 5
+    # The resumed run reports what its 5 saved groups took to learn, inside the stopped run's time.
+    assert 0 < resumed.info["checkpoint_learn_s"] <= round(interrupted_s, 1)
     assert len(list(folder.glob("group-*.safetensors"))) == len(record.groups)
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
     # Saved groups are read back, not learned again: a mark written into one shows in the next plan.
     learned = learned_groups(folder, record, "freeact-general", "w4a4", 0, LEARNING)
     tensors, weight_clip, info = learned.load(0, record.groups[0].name)
-    learned.save(0, tensors, weight_clip, {**info, "objective_after": -1.0})
+    learned.save(0, tensors, weight_clip, {**info, "objective_after": -1.0}, learn_s=1000.0)
     again = build_plan(weights, record, "freeact-general", "w4a4", progress=False, freeact=LEARNING,
                        checkpoint=folder)
     assert again.info["learning"][0]["objective_after"] == -1.0
+    assert again.info["checkpoint_learn_s"] >= 1000.0
     # +gptq quantizes the same learned transforms differently: it may share the folder.
     with_gptq = build_plan(weights, record, "freeact-general+gptq", "w4a4", progress=False, freeact=LEARNING,
                            checkpoint=folder)
     assert with_gptq.info["learning"] == again.info["learning"]
+    # A group saved before learning times were kept still loads; the total is then unknown, not short.
+    payload = {**tensors, "weight_clip": weight_clip}
+    save_file(payload, str(folder / "group-0000.safetensors"), metadata={"info": json.dumps(info)})
+    older = build_plan(weights, record, "freeact-general", "w4a4", progress=False, freeact=LEARNING,
+                       checkpoint=folder)
+    _assert_same_plan(whole, older)
+    assert older.info["checkpoint_learn_s"] is None
 
 
 def test_a_checkpoint_of_other_settings_is_refused(calibrated, tmp_path):
@@ -113,6 +129,7 @@ def test_the_cli_resumes_and_says_so(capsys, tiny_llama, tiny_text_file, tmp_pat
     assert "read from the checkpoint" not in capsys.readouterr().out
     assert main([*argv, "-o", str(tmp_path / "again")]) == 0
     groups = len(list((tmp_path / "learned").glob("group-*.safetensors")))
-    assert groups > 0 and f"({groups} learned groups read from the checkpoint)" in capsys.readouterr().out
+    assert groups > 0 and f"({groups} learned groups read from the checkpoint, learned earlier in " \
+        in capsys.readouterr().out
     first, again = (tmp_path / name / "plan.safetensors" for name in ("first", "again"))
     assert first.read_bytes() == again.read_bytes()
