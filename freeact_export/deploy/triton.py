@@ -41,12 +41,27 @@ _ELEM_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "T
                onnx.TensorProto.BOOL: "TYPE_BOOL"}
 
 
+_CLIENT_HINT = ("run 'bash tools/setup.sh', or 'pip install grpcio==1.85.3' and 'pip install --no-deps "
+                "tritonclient==2.73.0'")
+
+
 def _model_config_pb2():
+    """Triton's ModelConfig protobuf module; UserError where tritonclient, its grpc support or a protobuf
+    runtime that loads its generated code is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tritonclient") is None:
+        raise UserError("tritonclient is not installed (Triton repositories are written and checked with its "
+                        f"model-config protobuf); {_CLIENT_HINT}")
+    # tritonclient.grpc imports grpc before the protobuf modules and turns its absence into a RuntimeError.
     try:
         from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise UserError("writing a Triton repository needs tritonclient (Triton's model-config protobuf); "
-                        "run 'bash tools/setup.sh' or 'pip install --no-deps tritonclient==2.73.0'") from None
+    except (ImportError, RuntimeError) as err:
+        raise UserError(f"tritonclient is installed without its grpc support, which holds Triton's model-config "
+                        f"protobuf ({' '.join(str(err).split())}); {_CLIENT_HINT}") from None
+    except Exception as err:  # protobuf's VersionError: a runtime too old for tritonclient's generated code
+        raise UserError(f"tritonclient's model-config protobuf does not load ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())}); {_CLIENT_HINT}") from None
     return model_config_pb2
 
 
@@ -260,6 +275,7 @@ def write_repository(folder: str | Path, output: str | Path, spec: TritonSpec = 
         plugin: the FreeAct plugin library (default: the one the engine was built with, per its
             build.json, else the one plugins_trt builds); only with an engine.
     """
+    _model_config_pb2()  # a missing tritonclient is refused before any work
     source, _, report = load_rewritten(folder)
     out = Path(output)
     check_new_output(out, overwrite)

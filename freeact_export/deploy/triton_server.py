@@ -9,7 +9,13 @@ pins numpy<2). Facts that shape the launch:
   - the stub embeds the system's libpython3.X and ignores PYTHONPATH (our model.py files put
     PYTHONPATH's entries on sys.path themselves), and was built against numpy 1.x: with numpy 2
     its tensors come out wrong (the array descriptor layout changed), so a numpy 1.26 lives in
-    `<venv>/triton-stub-packages` (tools/setup.sh) ahead of the venv's site-packages.
+    `<venv>/triton-stub-packages` (tools/setup.sh) ahead of the venv's site-packages;
+  - the Python backend starts each model's stub with `bash -c "exec STUB MODEL_DIR ... BACKEND_DIR"`,
+    the paths unquoted (python_backend's stub_launcher.cc), and the stub's embedded Python decodes
+    paths as ASCII: a space splits a path (the stub dies in std::stol on a shifted argument) and a
+    non-ASCII letter fails the model's load (UnicodeEncodeError). So the server is given only paths
+    of shell-safe ASCII characters: where the repository's or the backend folder's path is not one,
+    a link with a safe name in a temporary folder stands in for it (removed when the server stops).
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +39,11 @@ from freeact_export.errors import UserError
 
 STUB_PACKAGES_ENV = "FREEACT_TRITON_STUB_PACKAGES"
 _INSTALL_HINT = "run 'bash tools/setup.sh' (it installs nvidia-pytriton==0.7.0 with --no-deps)"
+# What the Python backend's unquoted `bash -c` command line and the stub's ASCII file names take.
+_SAFE_PATH = re.compile(r"[A-Za-z0-9._/+-]+")
+# Lines a CPU-only server always logs as errors or warnings; never the reason it failed.
+_LOG_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient", "Unable to allocate pinned",
+              "unable to create stream")
 
 
 def _pytriton_dir() -> Path:
@@ -101,31 +115,61 @@ def server_command(repository: Path, backends: Path, http_port: int, grpc_port: 
             "--allow-metrics=false", "--exit-timeout-secs=3", "--log-verbose=0"]
 
 
+def is_safe_path(path: str | Path) -> bool:
+    """Whether tritonserver's Python backend can take this path as it is (see the module docstring)."""
+    return bool(_SAFE_PATH.fullmatch(str(path)))
+
+
+def _safe_folder() -> Path:
+    """A new temporary folder whose path the Python backend takes (TMPDIR's, else /tmp)."""
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        if is_safe_path(base) and os.access(base, os.W_OK | os.X_OK):
+            return Path(tempfile.mkdtemp(prefix="freeact-triton-", dir=base))
+    raise UserError(f"tritonserver's Python backend cannot take paths with spaces or non-ASCII letters and "
+                    f"the temporary folder {tempfile.gettempdir()} has such a path (or /tmp is not writable); "
+                    "set TMPDIR to a writable folder whose path has only ASCII letters, digits and . _ + - /")
+
+
 @contextlib.contextmanager
 def running_server(repository: str | Path, workdir: str | Path, timeout_s: float = 60.0,
                    http_port: int | None = None, grpc_port: int | None = None) -> Iterator[dict]:
     """Start tritonserver on loopback (free ports unless given); yield {'http': 'host:port', 'grpc': ...,
-    'log': path, 'pid': int, 'process': Popen}.
+    'log': path, 'pid': int, 'process': Popen, 'repository': the path the server was given}.
 
     The server runs in its own process group, which is killed on exit (the Python stubs are
-    its children), so nothing outlives the block. UserError (with the log's tail) when the
-    server exits or is not ready within timeout_s.
+    its children), so nothing outlives the block. A repository or workdir whose path has a space,
+    a non-ASCII letter or a shell character is served through links in a temporary folder, removed
+    on exit. UserError (with the log's reason) when the server exits or is not ready within timeout_s.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    backends = backend_directory(workdir / "backends")
-    http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
-    log = workdir / "tritonserver.log"
-    command = server_command(Path(repository).resolve(), backends, http_port, grpc_port)
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=server_environment(),
-                                   start_new_session=True)
+    repository = Path(repository).resolve()
+    links: Path | None = None
     try:
-        _wait_ready(process, f"127.0.0.1:{http_port}", log, timeout_s)
-        yield {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "log": log, "pid": process.pid,
-               "process": process}
+        if not is_safe_path(repository):
+            links = _safe_folder()
+            (links / "repository").symlink_to(repository, target_is_directory=True)
+            repository = links / "repository"
+        backends = workdir.resolve() / "backends"
+        if not is_safe_path(backends):
+            links = links or _safe_folder()
+            backends = links / "backends"
+        backend_directory(backends)
+        http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
+        log = workdir / "tritonserver.log"
+        command = server_command(repository, backends, http_port, grpc_port)
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=server_environment(),
+                                       start_new_session=True)
+        try:
+            _wait_ready(process, f"127.0.0.1:{http_port}", log, timeout_s)
+            yield {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "log": log,
+                   "pid": process.pid, "process": process, "repository": repository}
+        finally:
+            _stop(process)
     finally:
-        _stop(process)
+        if links is not None:  # the links only: rmtree does not follow them into the repository
+            shutil.rmtree(links, ignore_errors=True)
 
 
 def _wait_ready(process: subprocess.Popen, http: str, log: Path, timeout_s: float) -> None:
@@ -135,7 +179,11 @@ def _wait_ready(process: subprocess.Popen, http: str, log: Path, timeout_s: floa
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise UserError(f"tritonserver exited with status {process.returncode}: {_tail(log)}")
+            raise UserError(f"tritonserver exited with status {process.returncode}: "
+                            f"{log_reason(log) or 'no error in its log'} (log: {log})")
+        reason = log_reason(log, crashes_only=True)
+        if reason:  # a dead stub leaves the server waiting for it until its own timeout
+            raise UserError(f"tritonserver could not start its models: {reason} (log: {log})")
         try:
             with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=1) as response:
                 if response.status == 200:
@@ -143,13 +191,40 @@ def _wait_ready(process: subprocess.Popen, http: str, log: Path, timeout_s: floa
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise UserError(f"tritonserver not ready after {timeout_s:.0f} s: {_tail(log)}")
+    reason = log_reason(log)
+    raise UserError(f"tritonserver not ready after {timeout_s:.0f} s: "
+                    f"{reason or 'its models are still loading (no error in its log); allow more time'} "
+                    f"(log: {log})")
 
 
-def _tail(log: Path, lines: int = 1) -> str:
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    errors = [line for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
-    return " | ".join((errors or text.splitlines() or ["(no output)"])[-lines:])
+def _message(line: str) -> str:
+    """The message of a log line `E1207 08:59:56.347 3828 file.cc:642] "text\\n..."`: its first line."""
+    _, sep, text = line.partition('] "')
+    text = text if sep else line
+    return text.split("\\n")[0].rstrip('"').strip()
+
+
+def log_reason(log: Path, crashes_only: bool = False) -> str | None:
+    """Why tritonserver failed, from its log: a crashed Python stub, the first model that failed to
+    load, the server's own error, else the last error line that is not CPU-only noise; None if none."""
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    for i, line in enumerate(lines):
+        if line.startswith("terminate called"):
+            what = next((n.strip() for n in lines[i + 1:i + 3] if n.strip().startswith("what():")), "")
+            return f"a Python backend stub crashed ({line.strip()}{', ' + what if what else ''})"
+    if crashes_only:
+        return None
+    failed: dict[str, str] = {}  # model → its error (an info line repeats the name without the reason)
+    for line in lines:
+        match = re.search(r"failed to load '([^']+)' version", line)
+        if match and line.startswith("E"):
+            failed.setdefault(match.group(1), _message(line))
+    if failed:
+        more = f" ({len(failed) - 1} more failed to load)" if len(failed) > 1 else ""
+        return next(iter(failed.values())) + more
+    errors = [line for line in lines if (line.startswith("E") or line.startswith("error:"))
+              and not any(noise in line for noise in _LOG_NOISE)]
+    return _message(errors[-1]) if errors else None
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -299,14 +299,33 @@ def build_engine(folder: str | Path, output: str | Path | None = None, profile: 
     return record
 
 
+# What bundle, triton and check read from build.json (build_engine writes them all): checked on
+# reading, so a damaged or hand-made record is one line, not a KeyError deep inside a command.
+RECORD_KEYS = ("tensorrt.version", "tensorrt.version_compatible", "tensorrt.exclude_lean_runtime", "cuda.major",
+               "gpu.name", "gpu.sm", "profile", "plugin_library.path", "plugin_library.sha256",
+               "plugin_graph_sha256")
+
+
 def read_build_record(engine_dir: Path) -> dict:
-    """build.json of an engine folder; UserError where the folder holds no engine."""
+    """build.json of an engine folder; UserError where the folder holds no engine or the record is
+    not JSON or lacks one of RECORD_KEYS."""
     engine_dir = Path(engine_dir)
-    plan, record = engine_dir / ENGINE_FILE, engine_dir / BUILD_RECORD
-    if not plan.is_file() or not record.is_file():
+    plan, path = engine_dir / ENGINE_FILE, engine_dir / BUILD_RECORD
+    if not plan.is_file() or not path.is_file():
         raise UserError(f"no TensorRT engine in {engine_dir} (needs {ENGINE_FILE} and {BUILD_RECORD}); build one "
                         "with 'freeact-export build DIR' on a machine with TensorRT and an NVIDIA GPU")
-    return json.loads(record.read_text())
+    rebuild = "rebuild the engine with 'freeact-export build DIR --overwrite' (it writes both files)"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); {rebuild}") from None
+    for key in RECORD_KEYS:
+        node = record
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"{path} lacks '{key}' (an incomplete build record); {rebuild}")
+            node = node[part]
+    return record
 
 
 def plugin_library_for(record: dict) -> Path:

@@ -147,3 +147,22 @@ def test_bundle_refuses_an_existing_output(capsys, rewritten, tmp_path):
     (tmp_path / "edge").mkdir()
     code, _, err = run_cli(capsys, "bundle", str(rewritten), "-o", str(tmp_path / "edge"))
     assert_one_line_error(code, err, "already exists")
+
+
+@pytest.mark.parametrize(("record", "expected"), [
+    ({k: v for k, v in BUILD.items() if k != "gpu"}, "lacks 'gpu.name'"),
+    ({**BUILD, "plugin_library": {"path": "/x/libfreeact_trt_plugins.so", "sha256": "0" * 64}},
+     "lacks 'plugin_graph_sha256'"),
+    ("[1, 2", "is not valid JSON"),
+])
+def test_bundle_with_an_incomplete_build_record_is_one_line(capsys, rewritten, tmp_path, record, expected):
+    # build.json as an interrupted copy or a hand edit leaves it: one line naming the file, the
+    # missing key and the rebuild, before anything is written.
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "model.plan").write_bytes(b"serialized engine bytes")
+    (engine / "build.json").write_text(record if isinstance(record, str) else json.dumps(record))
+    code, _, err = run_cli(capsys, "bundle", str(rewritten), "-o", str(tmp_path / "edge"), "--engine", str(engine))
+    assert_one_line_error(code, err, f"{engine / 'build.json'} {expected}")
+    assert "rebuild the engine with 'freeact-export build DIR --overwrite'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]

@@ -2,16 +2,20 @@
 
 The serving test starts the tritonserver binary of the nvidia-pytriton wheel on loopback with
 the repository of a tiny rewritten model, queries it over HTTP and gRPC, and compares what it
-returns with a local ONNX Runtime run of the portable graph.
+returns with a local ONNX Runtime run of the portable graph. The repository lies under a path
+with a space and a non-ASCII letter, which the server's Python backend cannot take as it is.
 """
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from google.protobuf import text_format
 
@@ -19,39 +23,44 @@ from freeact_export import api
 from freeact_export.config import CalibSpec, ExportSpec, FreeActSpec
 from freeact_export.deploy import triton as repo_writer
 from freeact_export.errors import UserError
+from freeact_export.onnx_in import job
 from freeact_export.onnx_in.job import rewrite_onnx
 from freeact_export.runtime.ort_lm import OrtLogits
 from test_cli import assert_one_line_error, run_cli
 from tiny_models import save_tiny_model
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason="tritonclient is not installed (tools/setup.sh installs it)")
+try:  # tritonclient.grpc raises RuntimeError, not ImportError, where grpc is missing
+    from tritonclient.grpc import model_config_pb2
+except (ImportError, RuntimeError) as err:
+    pytest.skip(f"tritonclient with grpc is not installed (tools/setup.sh installs it): {err}",
+                allow_module_level=True)
 
 CALIB = CalibSpec(windows=4, seqlen=48, samples_per_type=40, min_tokens=4)
 TEXT_MODELS = {"freeact_tokenize", "freeact_greedy", "freeact_lm", "freeact_generate"}
+# A space splits the Python backend's unquoted stub command line; é fails its stub's ASCII file names.
+AWKWARD_NAME = "my models é"
 
 
 @pytest.fixture(scope="module")
 def rewritten(tmp_path_factory, tiny_text_file):
-    """A tiny Qwen2 with KV-cache inputs, rewritten; its portable graph re-saved with external data."""
+    """A tiny Qwen2 with KV-cache inputs, rewritten, its graphs' weights in external data files."""
     root = tmp_path_factory.mktemp("triton")
     hf = save_tiny_model("qwen2", root / "qwen2-hf")
     api.export(str(hf), root / "qwen2-onnx", ExportSpec(kv_cache=True, external_data="never", verify=False))
     out = root / "rewritten"
-    rewrite_onnx(str(root / "qwen2-onnx"), out, corpus=str(tiny_text_file), method="freeact", bits="w4a4",
-                 types="sink=pos:3", calib=CALIB, freeact=FreeActSpec(steps=6), progress=False)
     # Large models keep their weights in portable.onnx.data: the repository must carry that file.
-    portable = onnx.load(str(out / "portable.onnx"))
-    onnx.save(portable, str(out / "portable.onnx"), save_as_external_data=True, location="portable.onnx.data")
-    report = json.loads((out / "report.json").read_text())
-    report["files"]["portable.onnx"] = ["portable.onnx", "portable.onnx.data"]
-    (out / "report.json").write_text(json.dumps(report))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(job, "_EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+        rewrite_onnx(str(root / "qwen2-onnx"), out, corpus=str(tiny_text_file), method="freeact", bits="w4a4",
+                     types="sink=pos:3", calib=CALIB, freeact=FreeActSpec(steps=6), progress=False)
+    assert json.loads((out / "report.json").read_text())["files"]["portable.onnx"] == [
+        "portable.onnx", "portable.onnx.data"]
     return out
 
 
 @pytest.fixture(scope="module")
 def repository(rewritten, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo") / "models"
+    repo = tmp_path_factory.mktemp("repo") / AWKWARD_NAME
     record = api.triton(rewritten, repo, max_batch=4, instances=1, max_tokens=64, max_new_tokens=4)
     return repo, record
 
@@ -117,18 +126,27 @@ def test_tensorrt_plan_model_with_an_engine_file(rewritten, tmp_path):
     assert f"--backend-config=tensorrt,plugins=/models/freeact_lm_trt/{plugin.name}" in load and "LD_PRELOAD" in load
 
 
-def test_engine_folder_from_build_is_found_and_its_library_checked(rewritten, tmp_path):
-    # A folder laid out as 'freeact-export build' writes it (stand-in bytes: no TensorRT here): the
-    # library is the one whose sha256 the build record holds, and a different one is refused.
-    import hashlib
-
-    plugin = tmp_path / "libfreeact_trt_plugins.so"
+def _engine_folder(folder, rewritten, plugin):
+    """An engine folder laid out as 'freeact-export build' writes it, with stand-in bytes (no TensorRT
+    here) and every key of its build.json that bundle, triton and check read."""
     plugin.write_bytes(b"library")
-    engine_dir = tmp_path / "engine"
-    engine_dir.mkdir()
-    (engine_dir / "model.plan").write_bytes(b"engine")
-    record = {"plugin_library": {"path": str(plugin), "sha256": hashlib.sha256(b"library").hexdigest()}}
-    (engine_dir / "build.json").write_text(json.dumps(record))
+    folder.mkdir()
+    (folder / "model.plan").write_bytes(b"engine")
+    record = {"tensorrt": {"version": "10.14.1.48", "fp16": True, "version_compatible": False,
+                           "exclude_lean_runtime": False},
+              "cuda": {"major": 12, "driver": "12.6"},
+              "gpu": {"name": "Orin", "compute_capability": "8.7", "sm": "sm_87"},
+              "profile": {"input_ids": {"min": [1, 1], "opt": [1, 32], "max": [1, 64]}},
+              "plugin_library": {"path": str(plugin), "sha256": hashlib.sha256(b"library").hexdigest()},
+              "plugin_graph_sha256": hashlib.sha256((rewritten / "plugin.onnx").read_bytes()).hexdigest()}
+    (folder / "build.json").write_text(json.dumps(record))
+    return record
+
+
+def test_engine_folder_from_build_is_found_and_its_library_checked(rewritten, tmp_path):
+    # The library is the one whose sha256 the build record holds, and a different one is refused.
+    plugin, engine_dir = tmp_path / "libfreeact_trt_plugins.so", tmp_path / "engine"
+    record = _engine_folder(engine_dir, rewritten, plugin)
     written = api.triton(rewritten, tmp_path / "repo", engine=engine_dir)
     folder = tmp_path / "repo" / "freeact_lm_trt"
     assert "freeact_lm_trt" in written["models"]
@@ -139,6 +157,30 @@ def test_engine_folder_from_build_is_found_and_its_library_checked(rewritten, tm
     with pytest.raises(UserError, match="the plugin library the engine was built with"):
         api.triton(rewritten, tmp_path / "repo2", engine=engine_dir)
     assert not (tmp_path / "repo2").exists()
+
+
+def test_incomplete_build_record_is_one_line(capsys, rewritten, tmp_path):
+    engine_dir = tmp_path / "engine"
+    record = _engine_folder(engine_dir, rewritten, tmp_path / "libfreeact_trt_plugins.so")
+    del record["plugin_library"]["sha256"]
+    (engine_dir / "build.json").write_text(json.dumps(record))
+    code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"), "--engine", str(engine_dir))
+    assert_one_line_error(code, err, f"{engine_dir / 'build.json'} lacks 'plugin_library.sha256'")
+    assert "freeact-export build DIR --overwrite" in err and not (tmp_path / "r").exists()
+    (engine_dir / "build.json").write_text('{"tensorrt": ')
+    code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"), "--engine", str(engine_dir))
+    assert_one_line_error(code, err, f"{engine_dir / 'build.json'} is not valid JSON")
+    assert not (tmp_path / "r").exists()
+
+
+def test_tritonclient_without_grpc_is_one_line(capsys, monkeypatch, rewritten, tmp_path):
+    # As after 'pip install tritonclient' without [grpc]: tritonclient.grpc's import of grpc fails.
+    # The loaded model_config_pb2 stays in sys.modules: only the package is imported again.
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    monkeypatch.delitem(sys.modules, "tritonclient.grpc")
+    code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "tritonclient is installed without its grpc support")
+    assert "pip install grpcio" in err and not (tmp_path / "r").exists()
 
 
 def test_validation_catches_what_triton_would_refuse(repository, tmp_path):
@@ -219,6 +261,9 @@ def server(repository, tmp_path):
     # The process group is gone: no server, no Python stubs left behind.
     with pytest.raises(ProcessLookupError):
         os.killpg(running["pid"], 0)
+    # The server was given a link with a safe name in place of the awkward path; the link is gone.
+    assert triton_server.is_safe_path(running["repository"]) and not triton_server.is_safe_path(repository[0])
+    assert not running["repository"].parent.exists()
 
 
 @pytest.mark.triton_server
@@ -252,10 +297,7 @@ def test_real_triton_server_serves_what_onnx_runtime_computes(server, rewritten)
         assert generated.as_numpy("generated_text")[0].decode() == tokenizer.decode(
             generated.as_numpy("generated_ids").tolist(), skip_special_tokens=True)
 
-        too_long = http.InferInput("text", [1, 1], "BYTES")
-        too_long.set_data_from_numpy(np.array([[("the cat " * 80).encode()]], dtype=np.object_))
-        with pytest.raises(Exception, match="this model takes at most 64"):
-            client.infer("freeact_lm", [too_long])
+        _requests_over_the_limits_get_errors_naming_them(client, http, tokenizer)
 
     client = grpc.InferenceServerClient(server["grpc"])
     try:
@@ -278,6 +320,49 @@ def test_real_triton_server_serves_what_onnx_runtime_computes(server, rewritten)
     finally:
         client.close()
     assert time.perf_counter() - start < 60
+
+
+def _requests_over_the_limits_get_errors_naming_them(client, http, tokenizer):
+    """The repository has --max-tokens 64 and --max-new-tokens 4: each model refuses what exceeds them."""
+    from tritonclient.utils import InferenceServerException
+
+    def text_input(value, shape):
+        tensor = http.InferInput("text", shape, "BYTES")
+        tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_).reshape(shape))
+        return tensor
+
+    def generate(value, new_tokens=None):
+        inputs = [text_input(value, [1])]
+        if new_tokens is not None:
+            inputs.append(http.InferInput("max_new_tokens", [1], "INT32"))
+            inputs[-1].set_data_from_numpy(np.array([new_tokens], dtype=np.int32))
+        return client.infer("freeact_generate", inputs)
+
+    limit = re.escape("this model takes at most 64 (the repository's --max-tokens)")
+    with pytest.raises(InferenceServerException, match=f"the text is 161 tokens; {limit}"):
+        client.infer("freeact_lm", [text_input("the cat " * 40, [1, 1])])  # the ensemble
+    with pytest.raises(InferenceServerException, match=f"the text is 161 tokens; {limit}"):
+        client.infer("freeact_tokenize", [text_input("the cat " * 40, [1, 1])])
+    ids = http.InferInput("input_ids", [1, 65], "INT64")
+    ids.set_data_from_numpy(np.ones((1, 65), dtype=np.int64))
+    with pytest.raises(InferenceServerException, match=f"65 tokens sent; {limit}"):
+        client.infer("freeact_lm_onnx", [ids])
+
+    # Generation: the prompt and the generated tokens together must fit the 64.
+    prompt = "the cat " * 15 + "sat"
+    assert len(tokenizer.encode(prompt).ids) == 62
+    with pytest.raises(InferenceServerException, match="the prompt is 62 tokens and max_new_tokens 3: 65 exceeds "
+                       "this model's limit of 64 tokens .* ask for at most 2 new tokens"):
+        generate(prompt, 3)
+    assert len(generate(prompt, 2).as_numpy("generated_ids")) in (1, 2)
+    assert len(generate(prompt).as_numpy("generated_ids")) in (1, 2)  # the default cap 4, cut to what fits
+    with pytest.raises(InferenceServerException, match="the prompt is 65 tokens; this model takes at most 64"):
+        generate("the cat " * 16)
+    with pytest.raises(InferenceServerException, match="max_new_tokens 5 exceeds this model's cap of 4 "
+                       "\\(the repository's --max-new-tokens\\)"):
+        generate("the cat", 5)
+    with pytest.raises(InferenceServerException, match="max_new_tokens must be at least 1"):
+        generate("the cat", 0)
 
 
 @pytest.mark.triton_server
@@ -319,8 +404,12 @@ def test_serve_command_answers_the_readme_request_and_stops_on_ctrl_c(repository
     server_log = (tmp_path / "work" / "tritonserver.log").read_text()
     assert "Started HTTPService" in server_log
     time.sleep(0.5)
-    leftover = subprocess.run(["pgrep", "-f", str(repository[0])], capture_output=True, text=True).stdout.split()
+    # The server and its stubs name the backend folder in the workdir on their command lines.
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True).stdout.split()
     assert leftover == []
+    # It served the awkward path through a link with a safe name (the server logs it), now removed.
+    links = set(re.findall(r"(/\S*/freeact-triton-\w+)/repository", server_log))
+    assert links and not any(Path(link).exists() for link in links)
 
 
 def test_serve_refuses_what_it_cannot_serve(capsys, rewritten, tmp_path):
@@ -332,3 +421,54 @@ def test_serve_refuses_what_it_cannot_serve(capsys, rewritten, tmp_path):
     api.triton(rewritten, tmp_path / "repo", engine=engine, plugin=plugin)
     code, _, err = run_cli(capsys, "serve", str(tmp_path / "repo"))
     assert_one_line_error(code, err, "holds freeact_lm_trt (tensorrt_plan), which needs a GPU")
+
+
+@pytest.mark.triton_server
+def test_a_server_that_cannot_start_names_the_reason_from_its_log(capsys, repository, tmp_path):
+    from freeact_export.deploy import triton_server
+
+    require_local_server()
+    repo = tmp_path / "broken repo é"
+    repo.mkdir()
+    shutil.copytree(repository[0] / "freeact_tokenize", repo / "freeact_tokenize")
+    (repo / "freeact_tokenize" / "1" / "tokenizer.json").write_text("{")
+    start = time.perf_counter()
+    # A workdir with an awkward path too: the backend folder goes beside the repository's link, and
+    # the stub it starts gets as far as the model's own Python error.
+    work = tmp_path / "work dir é"
+    code, _, err = run_cli(capsys, "serve", str(repo), "--workdir", str(work), "--timeout", "60",
+                           "--http-port", str(triton_server.free_port()), "--grpc-port",
+                           str(triton_server.free_port()))
+    # The model's own error, not the CPU-only "CudaDriverHelper" line the log also holds as an error.
+    assert_one_line_error(code, err, "tritonserver exited with status 1: failed to load 'freeact_tokenize' "
+                                     "version 1: Internal: Exception: EOF while parsing")
+    assert "CudaDriverHelper" not in err and "more failed" not in err
+    assert str(work / "tritonserver.log") in err
+    assert time.perf_counter() - start < 30
+
+
+def test_log_reason_skips_cpu_noise_and_names_a_crashed_stub(tmp_path):
+    # Lines as tritonserver 2.51 wrote them when a space in the repository's path split the stub's
+    # command line, and when the stub's ASCII file names met an é (before serving through links).
+    from freeact_export.deploy.triton_server import log_reason
+
+    noise = ('W1207 08:59:16.108470 3687 pinned_memory_manager.cc:273] "Unable to allocate pinned system memory, '
+             'pinned memory pool will not be available: CUDA driver version is insufficient for CUDA runtime '
+             'version"\nE1207 08:59:16.108719 3687 server.cc:241] "CudaDriverHelper has not been initialized."\n'
+             'I1207 08:59:16.109975 3687 model_lifecycle.cc:472] "loading: freeact_lm_onnx:1"\n')
+    log = tmp_path / "tritonserver.log"
+    log.write_text(noise)
+    assert log_reason(log) is None
+    log.write_text(noise + "terminate called after throwing an instance of 'std::invalid_argument'\n  what():  stol\n")
+    assert log_reason(log, crashes_only=True) == (
+        "a Python backend stub crashed (terminate called after throwing an instance of 'std::invalid_argument', "
+        "what():  stol)")
+    failed = ('E1207 08:59:56.347704 3828 model_lifecycle.cc:642] "failed to load \'{}\' version 1: Internal: '
+              'UnicodeEncodeError: \'ascii\' codec can\'t encode character \'\\\\xe9\' in position 18: ordinal '
+              'not in range(128)\\n\\nAt:\\n  <frozen importlib._bootstrap_external>(147): _path_stat"\n')
+    log.write_text(noise + failed.format("freeact_lm_onnx") + failed.format("freeact_tokenize")
+                   + "error: creating server: Internal - failed to load all models\n")
+    assert log_reason(log, crashes_only=True) is None
+    assert log_reason(log) == ("failed to load 'freeact_lm_onnx' version 1: Internal: UnicodeEncodeError: 'ascii' "
+                               "codec can't encode character '\\\\xe9' in position 18: ordinal not in range(128) "
+                               "(1 more failed to load)")

@@ -1,9 +1,16 @@
 """Triton Python-backend model: greedy generation of a bounded number of tokens (a BLS loop).
 
-Input text [1] BYTES and optional max_new_tokens [1] INT32 (capped by the parameter
-max_new_tokens); outputs generated_ids [tokens] INT64 and generated_text [1] BYTES. Each
-step sends the whole sequence to the language model named by the parameter lm_model (no
-KV cache: a prefill per token, fine for short answers) and stops at an end-of-sequence id.
+Input text [1] BYTES and optional max_new_tokens [1] INT32; outputs generated_ids [tokens]
+INT64 and generated_text [1] BYTES. Each step sends the whole sequence to the language model
+named by the parameter lm_model (no KV cache: a prefill per token, fine for short answers) and
+stops at an end-of-sequence id.
+
+Limits (parameters max_tokens and max_new_tokens, the repository's --max-tokens and
+--max-new-tokens): the prompt and the tokens generated together must fit max_tokens, as they
+would in one sequence. A request that cannot be served as asked gets an error naming the limit:
+max_new_tokens below 1 or above the cap, or prompt tokens + max_new_tokens above max_tokens.
+Without max_new_tokens the answer is at most the cap, shortened to what fits after the prompt;
+a prompt that leaves no room for one token is an error.
 """
 
 import json
@@ -39,16 +46,36 @@ class TritonPythonModel:
         logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
         return int(logits[0, -1].argmax())
 
+    def _steps(self, prompt, wanted):
+        """How many tokens to generate, or raise naming the limit the request exceeds."""
+        room = self.max_tokens - prompt if self.max_tokens else None
+        if wanted is None:
+            if room is not None and room < 1:
+                raise pb_utils.TritonModelException(
+                    f"the prompt is {prompt} tokens; this model takes at most {self.max_tokens} tokens "
+                    "(the repository's --max-tokens), prompt and generated tokens together: shorten the prompt")
+            return self.limit if room is None else min(self.limit, room)
+        if wanted < 1:
+            raise pb_utils.TritonModelException(f"max_new_tokens must be at least 1 (got {wanted})")
+        if wanted > self.limit:
+            raise pb_utils.TritonModelException(
+                f"max_new_tokens {wanted} exceeds this model's cap of {self.limit} "
+                "(the repository's --max-new-tokens)")
+        if room is not None and wanted > room:
+            raise pb_utils.TritonModelException(
+                f"the prompt is {prompt} tokens and max_new_tokens {wanted}: {prompt + wanted} exceeds this "
+                f"model's limit of {self.max_tokens} tokens (the repository's --max-tokens); shorten the "
+                f"prompt or ask for at most {max(room, 0)} new tokens")
+        return wanted
+
     def _generate(self, request):
         text = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)[0]
         text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
         wanted = pb_utils.get_input_tensor_by_name(request, "max_new_tokens")
-        steps = self.limit if wanted is None else min(int(wanted.as_numpy().reshape(-1)[0]), self.limit)
         ids = self.tokenizer.encode(text).ids
-        if self.max_tokens:
-            steps = min(steps, self.max_tokens - len(ids))
+        steps = self._steps(len(ids), None if wanted is None else int(wanted.as_numpy().reshape(-1)[0]))
         generated = []
-        for _ in range(max(steps, 0)):
+        for _ in range(steps):
             token = self._next_token(ids + generated)
             generated.append(token)
             if token in self.eos:

@@ -2,6 +2,7 @@
 
 Inputs input_ids [batch, tokens] INT64 and optional attention_mask; output logits
 [batch, tokens, vocab] FP32. Graphs with KV-cache inputs run as a prefill from an empty cache.
+More tokens than the parameter max_tokens (--max-tokens) is an error that names that limit.
 """
 
 import json
@@ -63,7 +64,8 @@ class TritonPythonModel:
             if mask.shape != input_ids.shape:
                 error = f"attention_mask has shape {list(mask.shape)}, input_ids {list(input_ids.shape)}"
             elif self.max_tokens and input_ids.shape[1] > self.max_tokens:
-                error = f"{input_ids.shape[1]} tokens sent; this model takes at most {self.max_tokens}"
+                error = (f"{input_ids.shape[1]} tokens sent; this model takes at most {self.max_tokens} "
+                         "(the repository's --max-tokens)")
             else:
                 error = None
             if error:

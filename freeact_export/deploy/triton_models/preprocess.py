@@ -2,7 +2,8 @@
 
 Input text [batch, 1] BYTES (UTF-8); outputs input_ids and attention_mask [batch, tokens]
 INT64. Special tokens (a BOS) are added as the tokenizer's post-processor says; a batch of
-texts of different lengths is padded on the right with mask 0.
+texts of different lengths is padded on the right with mask 0. A text of more tokens than the
+parameter max_tokens (--max-tokens) is an error that names that limit (so the ensemble's is too).
 """
 
 import json
@@ -37,7 +38,7 @@ class TritonPythonModel:
             longest = max(len(ids) for ids in encoded)
             if self.max_tokens and longest > self.max_tokens:
                 error = pb_utils.TritonError(f"the text is {longest} tokens; this model takes at most "
-                                             f"{self.max_tokens}")
+                                             f"{self.max_tokens} (the repository's --max-tokens)")
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             input_ids = np.full((len(encoded), longest), self.pad_id, dtype=np.int64)
