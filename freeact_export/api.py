@@ -31,6 +31,7 @@ from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
 from freeact_export.export.prefill import export_prefill
 from freeact_export.files import atomic_path, check_new_output
+from freeact_export.manifest import describe_torch_model
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
@@ -38,6 +39,7 @@ from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS, build_plan,
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
 from freeact_export.simulate.fake_quant import SimulatedLogits
+from freeact_export.simulate.fit import require_fit, skeleton
 from freeact_export.token_types import DEFAULT_TYPES, TokenTypes
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -114,12 +116,16 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
         runner = OrtLogits(source.path, device)
     elif loaded is None:
         runner = TorchLogits(load_torch_model(source, dtype, device))
-    elif runtime == "kernels":
-        from freeact_export.runtime.kernel_model import KernelLogits
-
-        runner = KernelLogits(load_torch_model(source, dtype, device), loaded)
     else:
-        runner = SimulatedLogits(load_torch_model(source, dtype, device), loaded)
+        bare = skeleton(source)  # the plan's recorded model against this one's, before any weight is loaded
+        if bare is not None:
+            require_fit(bare, loaded, f"the plan in {plan}", model)
+        if runtime == "kernels":
+            from freeact_export.runtime.kernel_model import KernelLogits
+
+            runner = KernelLogits(load_torch_model(source, dtype, device), loaded)
+        else:
+            runner = SimulatedLogits(load_torch_model(source, dtype, device), loaded)
     record = {"model": model, "model_path": str(source.path),
               **_perplexity_record(runner, windows, text, spec, progress), "device": device}
     if loaded is not None:
@@ -304,6 +310,7 @@ def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4"
     calib_spec = cal.record.spec.to_dict()
     plan.info.update({"model": cal.model, "corpus": cal.corpus.name, "preset": cal.preset, "calibration": calib_spec,
                       "type_token_counts": cal.type_token_counts()})
+    plan.model = describe_torch_model(cal.torch_model)  # recorded in the folder's manifest
     report = {"kind": "quantize", "model": cal.model, "model_path": str(cal.source.path), "method": method,
               "bits": bits, "types": cal.record.token_types.to_text(), "preset": cal.preset, "seed": seed,
               "device": cal.device, "calibration_s": cal.calibration_s, "plan_s": plan_s,
@@ -340,8 +347,8 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
     if out is not None:
         with atomic_path(out, overwrite) as tmp:
             tmp.mkdir()
-            plan.write_into(tmp)
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            plan.write_into(tmp)  # last: its manifest hashes every file in the folder, report.json too
     return report
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from freeact_export import manifest
 from freeact_export.config import QuantSpec
 from freeact_export.files import atomic_path
 
 PLAN_VERSION = 1
+PLAN_JSON, PLAN_TENSORS = "plan.json", "plan.safetensors"
 TRANSFORM_KINDS = ("identity", "dense", "kronecker", "hadamard")
 # Tensor keys of the online transform (smoothing and T), then every key a group may hold
 # (besides per-linear "w{i}.codes|scale|zero|bias").
@@ -77,6 +79,8 @@ class Plan:
         token_types: rule text (freeact_export.token_types).
         groups: one GroupPlan per linear group.
         info: free-form provenance (model, calibration, seeds, timings).
+        model: the model it was made for, {"architecture", "num_layers"} (manifest.describe_*; the
+            layers' names and shapes come from the groups); recorded in the folder's manifest.
     """
 
     method: str
@@ -85,18 +89,27 @@ class Plan:
     token_types: str
     groups: list[GroupPlan]
     info: dict = dataclasses.field(default_factory=dict)
+    model: dict = dataclasses.field(default_factory=dict)
 
     def save(self, folder: Path, overwrite: bool = False) -> None:
-        """Write plan.json + plan.safetensors into a new folder, atomically."""
+        """Write plan.json + plan.safetensors + manifest.json into a new folder, atomically."""
         with atomic_path(Path(folder), overwrite) as tmp:
             tmp.mkdir()
             self.write_into(tmp)
 
     def write_into(self, folder: Path) -> None:
-        """Write plan.json + plan.safetensors into an existing folder (the caller owns atomicity)."""
+        """Write the plan's files, then manifest.json hashing every file in `folder` (the caller owns atomicity).
+
+        Last into its folder: files written after it (a report) would be outside the manifest.
+        """
+        self.write_files(folder)
+        manifest.write(folder, manifest.PLAN_KIND, manifest.model_facts(self))
+
+    def write_files(self, folder: Path) -> None:
+        """plan.json + plan.safetensors alone, for a folder whose own manifest covers them (onnx_in.job)."""
         schema, tensors = self._flatten()
-        save_file(tensors, Path(folder) / "plan.safetensors")
-        (Path(folder) / "plan.json").write_text(json.dumps(schema, indent=2) + "\n")
+        save_file(tensors, Path(folder) / PLAN_TENSORS)
+        (Path(folder) / PLAN_JSON).write_text(json.dumps(schema, indent=2) + "\n")
 
     def _flatten(self) -> tuple[dict, dict[str, torch.Tensor]]:
         tensors: dict[str, torch.Tensor] = {}
@@ -118,11 +131,27 @@ class Plan:
 
     @classmethod
     def load(cls, folder: Path) -> Plan:
+        """Verify the plan's files against their manifest, then load; UserError naming what differs.
+
+        A plan folder holds its own manifest.json; the plan/ of a rewritten folder is covered by
+        the folder's manifest, one level up.
+        """
         folder = Path(folder)
-        schema = json.loads((folder / "plan.json").read_text())
+        root, kind = _manifest_home(folder)
+        recorded = manifest.read(root, kind)
+        prefix = "" if root == folder else f"{folder.name}/"
+        manifest.verify(root, recorded, kind, [prefix + PLAN_JSON, prefix + PLAN_TENSORS])
+        plan = cls._read(folder)
+        plan.model = {k: recorded["model"].get(k) for k in ("architecture", "num_layers")}
+        manifest.check_plan_facts(root, recorded, kind, plan)
+        return plan
+
+    @classmethod
+    def _read(cls, folder: Path) -> Plan:
+        schema = json.loads((folder / PLAN_JSON).read_text())
         if schema.get("plan_version") != PLAN_VERSION:
             raise ValueError(f"plan version {schema.get('plan_version')} is not {PLAN_VERSION}")
-        tensors = load_file(folder / "plan.safetensors")
+        tensors = load_file(folder / PLAN_TENSORS)
         groups = []
         for g_index, g in enumerate(schema["groups"]):
             own = {k: v for k, v in tensors.items() if k.startswith(f"g{g_index}.")}
@@ -135,3 +164,13 @@ class Plan:
         act = schema["act_spec"]
         return cls(schema["method"], schema["bits"],
                    None if act is None else QuantSpec.from_dict(act), schema["token_types"], groups, schema["info"])
+
+
+def _manifest_home(folder: Path) -> tuple[Path, str]:
+    """(the folder whose manifest.json covers this plan, its kind)."""
+    if (folder / manifest.MANIFEST).is_file():
+        return folder, manifest.PLAN_KIND
+    parent = folder.parent
+    if folder.name == "plan" and ((parent / manifest.MANIFEST).is_file() or (parent / "plugin.onnx").is_file()):
+        return parent, manifest.REWRITTEN_KIND  # the plan/ of a folder onnx_in.job wrote
+    return folder, manifest.PLAN_KIND

@@ -6,6 +6,8 @@ The output folder holds everything later stages need and nothing they must guess
   plan/           the plan (plan.json + plan.safetensors)
   tokenizer + config files copied from the input folder, source.json (the input's export.json)
   report.json     settings, timings, layer counts, weight bytes before/after, layers left in float
+  manifest.json   the model it was made for and the sha256 of every file above (freeact_export.manifest),
+                  verified by load_rewritten before any command uses the folder
   check/          written by `freeact-export check` (parity and perplexities)
 """
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import onnx
 
-from freeact_export.assets import resolve_corpus, resolve_model
+from freeact_export import manifest
+from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import calibration_windows
 from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, FreeActSpec
 from freeact_export.errors import UserError
@@ -90,6 +93,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     counts = {name: record.stats[record.groups[0].name][k].count for k, name in enumerate(token_types.names)}
     plan.info.update({"model": model, "corpus": text.name, "preset": preset, "calibration": calib_spec.to_dict(),
                       "type_token_counts": counts, "frontend": "onnxruntime"})
+    plan.model = _describe_source(source)
     report = {"kind": "rewrite", "model": model, "model_path": str(source.path), "method": method, "bits": bits,
               "types": token_types.to_text(), "preset": preset, "seed": seed, "corpus": text.name,
               "calibration": calib_spec.to_dict(), "type_token_counts": counts,
@@ -101,7 +105,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     with atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
         (tmp / PLAN_DIR).mkdir()
-        plan.write_into(tmp / PLAN_DIR)
+        plan.write_files(tmp / PLAN_DIR)  # covered by the folder's manifest, written last
         start = time.perf_counter()
         files = {}
         full = read_onnx(onnx_model.path, "re-export it (its weight data must lie beside it)", external_data=True)
@@ -119,19 +123,36 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
         if export_json.is_file():
             shutil.copy2(export_json, tmp / "source.json")
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        manifest.write(tmp, manifest.REWRITTEN_KIND, manifest.model_facts(plan))
     return report
 
 
-_WRITE_AGAIN = "write the folder again with 'freeact-export MODEL.onnx -o DIR'"
+def _describe_source(source: ModelSource) -> dict:
+    """Architecture and layer count from the config.json beside the ONNX model (None where it has none)."""
+    folder = source.tokenizer_dir if source.tokenizer_dir is not None else source.path.parent
+    try:
+        return manifest.describe_config(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError, AttributeError):
+        return {"architecture": None, "num_layers": None}
+
+
+_WRITE_AGAIN = manifest.REMEDY[manifest.REWRITTEN_KIND]
 
 
 def load_rewritten(folder: str | Path) -> tuple[Path, Plan, dict]:
-    """(folder, plan, report) of a folder this job wrote; UserError naming what is missing or unreadable."""
+    """(folder, plan, report) of a folder this job wrote, every file verified against its manifest first.
+
+    UserError naming what is missing, unreadable or changed since the folder was written.
+    """
     path = Path(folder)
     missing = [n for n in (PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR, "report.json") if not (path / n).exists()]
     if missing:
         raise UserError(f"{folder} is not a folder written by 'freeact-export MODEL.onnx' (missing: "
                         f"{', '.join(missing)})")
+    recorded = manifest.read(path, manifest.REWRITTEN_KIND)
+    listed = [n for n in recorded["files"] if not n.startswith(PLAN_DIR + "/")]  # Plan.load verifies plan/
+    manifest.verify(path, recorded, manifest.REWRITTEN_KIND,
+                    list(dict.fromkeys([PLUGIN_GRAPH, PORTABLE_GRAPH, "report.json", *listed])))
     try:
         plan = Plan.load(path / PLAN_DIR)
         report = json.loads((path / "report.json").read_text())

@@ -22,11 +22,26 @@ TRT_RUNNER = "tensorrt"
 FP16_MIN_SQNR_DB = 20.0
 
 
+def engine_dir_for(folder: Path, engine: str | Path | None) -> Path:
+    """The engine folder `check` compares (default DIR/engine/); UserError where an explicitly named
+    engine is not there: a comparison the user asked for must not quietly turn into a skipped one."""
+    if engine is None:
+        return trt_engine.default_engine_dir(folder)
+    path = Path(engine)
+    if not path.exists():
+        raise UserError(f"the engine {engine} (--engine) does not exist; give an engine folder written by "
+                        "'freeact-export build' or its model.plan, or leave --engine out")
+    engine_dir = path.parent if path.is_file() else path  # --engine may name the plan itself
+    trt_engine.read_build_record(engine_dir)  # one line where it holds no engine
+    return engine_dir
+
+
 def tensorrt_runner(folder: Path, engine: str | Path | None, feeds: list[dict]):
-    """(runner, build record) when the engine can run here, else (None, "skipped: <reason>")."""
-    engine_dir = Path(engine) if engine is not None else trt_engine.default_engine_dir(folder)
-    if engine_dir.is_file():  # --engine may name the plan itself
-        engine_dir = engine_dir.parent
+    """(runner, build record) when the engine can run here, else (None, "skipped: <reason>").
+
+    UserError (not a skip) where `engine` is given and holds no engine: see engine_dir_for.
+    """
+    engine_dir = engine_dir_for(folder, engine)
     if engine is None and not (engine_dir / trt_engine.ENGINE_FILE).is_file():
         return None, f"skipped: no engine at {engine_dir / trt_engine.ENGINE_FILE} (build one with " \
                      f"'freeact-export build {folder}')"

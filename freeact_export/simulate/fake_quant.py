@@ -20,6 +20,7 @@ from freeact_export.config import QuantSpec
 from freeact_export.module_surgery import swap_module
 from freeact_export.plan import ONLINE_TENSORS, GroupPlan, Plan
 from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize, quantize
+from freeact_export.simulate.fit import require_fit
 from freeact_export.token_types import TokenTypes
 from freeact_export.transforms.apply import typed_activation_side
 
@@ -77,7 +78,11 @@ class SimLinear(torch.nn.Module):
 
 
 def apply_plan(model: torch.nn.Module, plan: Plan, context: TypeContext) -> torch.nn.Module:
-    """A copy of `model` whose block linears execute `plan` (the original stays untouched)."""
+    """A copy of `model` whose block linears execute `plan` (the original stays untouched).
+
+    UserError, before anything is copied, when the plan was made for another model (simulate/fit.py).
+    """
+    require_fit(model, plan)
     model = copy.deepcopy(model)
     device = next(model.parameters()).device
     for group in plan.groups:

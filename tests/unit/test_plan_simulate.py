@@ -103,7 +103,8 @@ def test_quantize_api_writes_plan_and_reports_simulated_perplexity(tmp_path, tin
                       progress=False)
     report = api.quantize(str(tiny_llama), str(tiny_text_file), "rtn", "w4a16", "single", "cpu", tmp_path / "q",
                           device="cpu", eval_spec=EvalSpec(seqlen=64, windows=4), progress=False)
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["plan.json", "plan.safetensors", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["manifest.json", "plan.json", "plan.safetensors",
+                                                                  "report.json"]
     assert report["eval"]["runtime"] == "torch-fakequant"
     # INT4 weights in groups of 64-wide rows (per channel here): close to, not equal to, float.
     assert report["eval"]["perplexity"] != fp["perplexity"]
