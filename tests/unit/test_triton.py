@@ -345,8 +345,9 @@ def _requests_over_the_limits_get_errors_naming_them(client, http, tokenizer):
         client.infer("freeact_tokenize", [text_input("the cat " * 40, [1, 1])])
     ids = http.InferInput("input_ids", [1, 65], "INT64")
     ids.set_data_from_numpy(np.ones((1, 65), dtype=np.int64))
-    with pytest.raises(InferenceServerException, match=f"65 tokens sent; {limit}"):
+    with pytest.raises(InferenceServerException, match=f"65 tokens sent; {limit}") as refused:
         client.infer("freeact_lm_onnx", [ids])
+    assert refused.value.status() == "400"  # the client's to fix, not a server fault (500)
 
     # Generation: the prompt and the generated tokens together must fit the 64.
     prompt = "the cat " * 15 + "sat"
@@ -356,8 +357,10 @@ def _requests_over_the_limits_get_errors_naming_them(client, http, tokenizer):
         generate(prompt, 3)
     assert len(generate(prompt, 2).as_numpy("generated_ids")) in (1, 2)
     assert len(generate(prompt).as_numpy("generated_ids")) in (1, 2)  # the default cap 4, cut to what fits
-    with pytest.raises(InferenceServerException, match="the prompt is 65 tokens; this model takes at most 64"):
+    with pytest.raises(InferenceServerException, match="the prompt is 65 tokens; this model takes at most 64") \
+            as refused:
         generate("the cat " * 16)
+    assert refused.value.status() == "400"
     with pytest.raises(InferenceServerException, match="max_new_tokens 5 exceeds this model's cap of 4 "
                        "\\(the repository's --max-new-tokens\\)"):
         generate("the cat", 5)

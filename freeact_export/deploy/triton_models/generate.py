@@ -24,6 +24,10 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 
+class _Refused(Exception):
+    """A request beyond the model's limits (the message names the limit)."""
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -51,18 +55,18 @@ class TritonPythonModel:
         room = self.max_tokens - prompt if self.max_tokens else None
         if wanted is None:
             if room is not None and room < 1:
-                raise pb_utils.TritonModelException(
+                raise _Refused(
                     f"the prompt is {prompt} tokens; this model takes at most {self.max_tokens} tokens "
                     "(the repository's --max-tokens), prompt and generated tokens together: shorten the prompt")
             return self.limit if room is None else min(self.limit, room)
         if wanted < 1:
-            raise pb_utils.TritonModelException(f"max_new_tokens must be at least 1 (got {wanted})")
+            raise _Refused(f"max_new_tokens must be at least 1 (got {wanted})")
         if wanted > self.limit:
-            raise pb_utils.TritonModelException(
+            raise _Refused(
                 f"max_new_tokens {wanted} exceeds this model's cap of {self.limit} "
                 "(the repository's --max-new-tokens)")
         if room is not None and wanted > room:
-            raise pb_utils.TritonModelException(
+            raise _Refused(
                 f"the prompt is {prompt} tokens and max_new_tokens {wanted}: {prompt + wanted} exceeds this "
                 f"model's limit of {self.max_tokens} tokens (the repository's --max-tokens); shorten the "
                 f"prompt or ask for at most {max(room, 0)} new tokens")
@@ -90,6 +94,9 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._generate(request))
+            except _Refused as err:  # the client's to fix: HTTP 400, not 500
+                error = pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
             except pb_utils.TritonModelException as err:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err))))
         return responses

@@ -69,7 +69,8 @@ class TritonPythonModel:
             else:
                 error = None
             if error:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
+                error = pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)  # the client's to fix: HTTP 400
+                responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             (logits,) = self.session.run([self.logits], self._feeds(input_ids, mask))
             tensor = pb_utils.Tensor("logits", np.ascontiguousarray(logits, dtype=np.float32))

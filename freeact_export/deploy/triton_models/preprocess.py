@@ -38,7 +38,8 @@ class TritonPythonModel:
             longest = max(len(ids) for ids in encoded)
             if self.max_tokens and longest > self.max_tokens:
                 error = pb_utils.TritonError(f"the text is {longest} tokens; this model takes at most "
-                                             f"{self.max_tokens} (the repository's --max-tokens)")
+                                             f"{self.max_tokens} (the repository's --max-tokens)",
+                                             pb_utils.TritonError.INVALID_ARG)  # the client's to fix: HTTP 400
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             input_ids = np.full((len(encoded), longest), self.pad_id, dtype=np.int64)
