@@ -40,6 +40,10 @@ class ActivationPath(torch.nn.Module):
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reads_left = 0
         self.recorded: list[Quantized] | None = None  # set to a list to keep the integer activations (parity)
+        # With `recorded`: each code's distance to its rounding boundary, in code steps (0 = an exact tie).
+        self.tie_room: list[torch.Tensor] | None = None
+        # (where, codes): the codes to take instead of this path's own at `where` (parity's tie replay).
+        self.forced: tuple[torch.Tensor, torch.Tensor] | None = None
         self.compute_dtype = torch.float32  # float64 moves rounding ties: the parity check's noise floor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,12 +59,30 @@ class ActivationPath(torch.nn.Module):
             y = y * self.masks.to(y.device)[types]
         if self.act_spec is not None:
             clip = self.clip.to(y.device)[types][..., None]
-            if self.recorded is not None:
-                self.recorded.append(quantize(y.detach(), self.act_spec, clip))
-            y = fake_quantize(y, self.act_spec, clip=clip)
+            if self.recorded is None and self.forced is None:
+                y = fake_quantize(y, self.act_spec, clip=clip)
+            else:
+                y = self._quantize_observed(y, clip)
         y = y.to(x.dtype)
         self._reads_left = self.consumers - 1
         self._last = (x, y) if self._reads_left > 0 else None
+        return y
+
+    def _quantize_observed(self, y: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+        """fake_quantize, but taking the forced codes where given and recording what came out."""
+        if self.act_spec.granularity != "token":
+            raise ValueError("codes are recorded and replayed for per-token activation quantization only")
+        q = quantize(y.detach(), self.act_spec, clip)
+        if self.tie_room is not None:  # the value the quantizer rounds, as _codes computes it
+            t = y.detach() / q.scale
+            self.tie_room.append((0.5 - (t - torch.round(t)).abs()).float())
+        y = fake_quantize(y, self.act_spec, clip=clip)
+        if self.forced is not None:
+            where, codes = self.forced
+            q = Quantized(torch.where(where, codes.to(q.codes.dtype), q.codes), q.scale, q.zero)
+            y = torch.where(where, dequantize(q, self.act_spec, y.dtype), y)
+        if self.recorded is not None:
+            self.recorded.append(q)
         return y
 
 

@@ -59,13 +59,15 @@ def test_three_way_parity(exported, tiny_text_file, arch, method, bits):
     record = check(out, corpus=str(tiny_text_file), eval_spec=CHECK_EVAL, progress=False)
     assert record["passed"], json.dumps(record, indent=1)
     assert record["runners"] == ["simulation", "plugin", "portable"]
+    assert [c["pair"] for c in record["comparisons"]] == [["simulation", "plugin"], ["simulation", "portable"]]
     for comparison in record["comparisons"]:
         assert comparison["first_diverging"] is None
-        assert comparison["logits_sqnr_db"] > 50
-        assert (comparison["codes_compared"] > 0) == (bits != "w4a16")
-        if bits == "w4a4":  # INT4 steps are coarse: no float-order tie at all here
-            assert comparison["codes_different"] == 0 and comparison["logits_max_abs_diff"] < 1e-5
-    assert record["perplexity"]["relative_difference"] < 1e-5
+        # Whatever ties this CPU's float order decided the other way were replayed, each a code off by one
+        # within float rounding of its boundary; then every code agrees and the logits to float precision.
+        assert all(t["max_code_difference"] == 1 and t["max_tie_room"] < 1e-3 for t in comparison["replayed"])
+        assert comparison["replayed_logits_sqnr_db"] > 100
+    perplexity = record["perplexity"]
+    assert perplexity["passed"] and abs(perplexity["log_ratio"]) <= perplexity["tolerance_log_ratio"]
     assert all(w["layers_different"] == 0 and w["layers_checked"] == 7 * 2 for w in record["weights"].values())
     assert (out / "check" / "inputs.json").is_file() and (out / "check" / "outputs.json").is_file()
     if arch == "llama":

@@ -1,0 +1,135 @@
+"""Tie replay: judge a runner against the simulation once both have made the same rounding-tie decisions.
+
+Two correct runners compute a group's transform in float32 in different summation orders (ONNX Runtime
+and PyTorch, and each of them differently on AVX2 and AVX-512). A value within float rounding of a
+half-integer may then land on the neighbouring integer code, and from there on every later layer reads a
+slightly different input: on a W4A4 model one such flip moves the logits by whole units, and how many
+flips happen depends on the CPU. A noise floor cannot bound that on every CPU.
+
+Replay removes the noise instead of bounding it. In each batch, the first group whose codes differ must
+differ like a tie (a few codes, each by one step: TIE_CODES / TIE_FRACTION); the simulation then takes the
+runner's codes at exactly those positions and runs again, until every code of every group agrees (at most
+MAX_ROUNDS times). What is left is float summation order with no code step in it, so the logits must then
+agree to float precision (REPLAYED_MIN_SQNR_DB). A real defect (a wrong packing order, a dropped type gate,
+a transposed factor, a wrong scale) changes many codes, or codes by more than one step, in the first group
+it reaches; or, in the last layers, changes the logits while every code agrees.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from freeact_export.ops.reference import unpack_int4
+from freeact_export.rewrite.graphs import codes_name
+from freeact_export.simulate.fake_quant import SimulatedLogits
+
+# The first group whose codes differ may differ in at most this many codes (each by one).
+TIE_CODES, TIE_FRACTION = 8, 1e-4
+# Replay rounds per batch: one per group where a tie fell the other way (a handful on a 30-layer model).
+MAX_ROUNDS = 64
+# With every code equal, two float32 runs differ by summation order alone: ~1e-6 of the logits'
+# norm (120 dB). 60 dB (0.1 %) leaves room for long models and still fails any defect that moves the
+# logits by a visible amount.
+REPLAYED_MIN_SQNR_DB = 60.0
+
+
+def runner_codes(outputs: dict, index: int, packed: bool) -> np.ndarray | None:
+    """A group's activation codes as int32 [..., d], from any runner's form of them (None: not tapped)."""
+    name = codes_name(index)
+    if name not in outputs:
+        return None
+    value = outputs[name]
+    return unpack_int4(value).astype(np.int32) if packed else np.rint(value).astype(np.int32)
+
+
+def tie_like(differ: int, step: int, codes: int) -> bool:
+    """What a rounding tie decided by float order looks like: a few codes, each one step away."""
+    return step == 1 and differ <= max(TIE_CODES, TIE_FRACTION * codes)
+
+
+def _simulate(simulated: SimulatedLogits, feed: dict) -> tuple[np.ndarray, list[np.ndarray | None], list]:
+    """Logits, each group's codes [B, T, d] and tie rooms of one simulated batch (forced codes applied)."""
+    ids = feed["input_ids"]
+    for path in simulated.paths:
+        path.recorded, path.tie_room = [], []
+    try:
+        logits = simulated(ids, feed.get("attention_mask")).numpy()
+        codes = [path.recorded[0].codes.reshape(*ids.shape, -1).numpy().astype(np.int32) if path.recorded else None
+                 for path in simulated.paths]
+        rooms = [path.tie_room[0].reshape(*ids.shape, -1).numpy() if path.tie_room else None
+                 for path in simulated.paths]
+    finally:
+        for path in simulated.paths:
+            path.recorded = path.tie_room = None
+    return logits, codes, rooms
+
+
+def replay(simulated: SimulatedLogits, feeds: list[dict], outputs: list[dict], group_names: list[str],
+           packed: bool, runner: str) -> dict:
+    """Replay `runner`'s tie decisions (its `outputs` on `feeds`) in the simulation; the comparison record.
+
+    Args:
+        simulated: the plan's simulation (its paths' forced codes are cleared again on return).
+        feeds: the inputs every runner ran on.
+        outputs: the runner's outputs per feed: logits and each group's codes (codes_name).
+        group_names: the plan's groups, in path order.
+        packed: the runner returns packed INT4 codes (the plugin graph at W4A4).
+        runner: its name, for the record.
+    """
+    replayed, diverging, rounds = [], None, 0
+    signal = noise = max_abs = 0.0
+    raw_signal = raw_noise = 0.0
+    try:
+        for batch, (feed, theirs_all) in enumerate(zip(feeds, outputs, strict=True)):
+            keep = feed["attention_mask"].astype(bool)  # padded rows feed nothing valid: not judged
+            theirs = [runner_codes(theirs_all, i, packed) for i in range(len(group_names))]
+            for path in simulated.paths:
+                path.forced = None
+            for round_ in range(MAX_ROUNDS + 1):
+                logits, ours, rooms = _simulate(simulated, feed)
+                if round_ == 0:
+                    la, lb = logits[keep].astype(np.float64), theirs_all["logits"][keep].astype(np.float64)
+                    raw_signal += float((la**2).sum())
+                    raw_noise += float(((la - lb) ** 2).sum())
+                first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
+                              if a is not None and b is not None and bool((a != b)[keep].any())), None)
+                if first is None:
+                    break
+                differ = (ours[first] != theirs[first]) & keep[..., None]
+                count, step = int(differ.sum()), int(np.abs(ours[first] - theirs[first])[differ].max())
+                room = float(rooms[first][differ].max())
+                replayed.append({"batch": batch, "group": group_names[first], "codes_different": count,
+                                 "codes": int(keep.sum()) * ours[first].shape[-1], "max_code_difference": step,
+                                 "max_tie_room": room})
+                if not tie_like(count, step, replayed[-1]["codes"]):
+                    diverging = f"{group_names[first]} ({codes_name(first)}, batch {batch}: {count} codes differ, " \
+                                f"up to {step} steps)"
+                    break
+                if round_ == MAX_ROUNDS:
+                    diverging = f"{group_names[first]} (batch {batch}: ties in more than {MAX_ROUNDS} groups)"
+                    break
+                path = simulated.paths[first]
+                where, codes = path.forced if path.forced is not None else (
+                    torch.zeros(differ.shape, dtype=torch.bool), torch.zeros(differ.shape, dtype=torch.int32))
+                path.forced = (where | torch.from_numpy(differ),
+                               torch.where(torch.from_numpy(differ), torch.from_numpy(theirs[first]), codes))
+            rounds += round_
+            if diverging is not None:
+                break
+            la, lb = logits[keep].astype(np.float64), theirs_all["logits"][keep].astype(np.float64)
+            max_abs = max(max_abs, float(np.abs(la - lb).max()))
+            signal += float((la**2).sum())
+            noise += float(((la - lb) ** 2).sum())
+    finally:
+        for path in simulated.paths:
+            path.forced = None
+    sqnr = 10 * math.log10(signal / noise) if noise > 0 else math.inf
+    raw_sqnr = 10 * math.log10(raw_signal / raw_noise) if raw_noise > 0 else math.inf
+    passed = diverging is None and sqnr >= REPLAYED_MIN_SQNR_DB
+    return {"pair": ["simulation", runner], "logits_sqnr_db": raw_sqnr, "ties_replayed": len(replayed),
+            "replay_rounds": rounds, "replayed": replayed, "first_diverging": diverging,
+            "replayed_logits_sqnr_db": None if diverging else sqnr,
+            "replayed_logits_max_abs_diff": None if diverging else max_abs, "passed": bool(passed)}
