@@ -30,7 +30,7 @@ from freeact_export.config import (
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
 from freeact_export.export.prefill import export_prefill
-from freeact_export.files import atomic_path, check_new_output
+from freeact_export.files import atomic_path, check_new_output, stamped
 from freeact_export.manifest import describe_torch_model
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
@@ -67,9 +67,9 @@ def _environment() -> dict:
 
 
 def write_json(record: dict, path: Path, overwrite: bool = False) -> None:
-    """Write a record atomically (temp file, then rename)."""
-    with atomic_path(Path(path), overwrite) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    """Write a record atomically (temp file, then rename), stamped so that --overwrite may replace it later."""
+    with atomic_path(Path(path), overwrite, kind="file") as tmp:
+        tmp.write_text(json.dumps(stamped(record), indent=2) + "\n")
 
 
 def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str = "float32",

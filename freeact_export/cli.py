@@ -102,7 +102,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
     spec = settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     if args.json:
-        check_new_output(Path(args.json), args.overwrite)  # fail before the long run
+        check_new_output(Path(args.json), args.overwrite, kind="file")  # fail before the long run
     record = api.evaluate(args.model, args.corpus, spec, dtype=args.dtype, device=args.device,
                           tokenizer=args.tokenizer, plan=args.plan, runtime=args.runtime)
     windows = f"{record['windows']} windows x {record['seqlen']} tokens"
@@ -460,14 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: every load is local anyway
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from freeact_export.files import interrupted_message, interruptible
+
     try:
-        args.run(args)
+        with interruptible():  # SIGTERM and SIGHUP end a run as Ctrl-C does: partial outputs removed
+            args.run(args)
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; partial outputs were removed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", 2)  # a bare KeyboardInterrupt is SIGINT's
+        print(f"{PROG}: {interrupted_message(signum)}", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from freeact_export import __version__
 from freeact_export.errors import UserError
-from freeact_export.files import atomic_path
+from freeact_export.files import atomic_path, check_new_output
 from freeact_export.onnx_in.job import PLUGIN_GRAPH, load_rewritten, read_rewritten_graph
 from freeact_export.runtime import plugin_lib
 from freeact_export.runtime.machine import probe_gpu, sha256, tensorrt_cuda_major
@@ -251,8 +251,7 @@ def build_engine(folder: str | Path, output: str | Path | None = None, profile: 
         raise UserError(f"plugin library {library} does not exist; {plugin_lib.BUILD_HINT}")
     out = Path(output) if output is not None else default_engine_dir(path)
     cache = Path(timing_cache) if timing_cache is not None else path / TIMING_CACHE
-    if out.exists() and not overwrite:  # before TensorRT: the same check atomic_path makes
-        raise UserError(f"output {out} already exists; choose another path or pass --overwrite")
+    check_new_output(out, overwrite)  # before TensorRT: the same check atomic_path makes
     trt = import_tensorrt()
     gpu = gpu_facts()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile

@@ -147,7 +147,7 @@ def test_build_refuses_an_existing_engine_folder_before_tensorrt(capsys, rewritt
     monkeypatch.setenv(plugin_lib.ENV_LIBRARY, str(library))
     (tmp_path / "engine").mkdir()
     code, _, err = run_cli(capsys, "build", str(rewritten), "-o", str(tmp_path / "engine"))
-    assert_one_line_error(code, err, "already exists; choose another path or pass --overwrite")
+    assert_one_line_error(code, err, "already exists and freeact-export did not write it")
 
 
 def test_build_of_a_folder_that_is_not_rewritten(capsys, tmp_path):

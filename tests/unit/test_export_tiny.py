@@ -9,6 +9,7 @@ import pytest
 from freeact_export import api
 from freeact_export.assets import resolve_model
 from freeact_export.config import EvalSpec, ExportSpec
+from freeact_export.files import MARKER
 from freeact_export.models import load_torch_model
 from freeact_export.parity.logits import compare_logits
 from freeact_export.runtime.ort_lm import OrtLogits
@@ -31,7 +32,7 @@ def exported(request, tmp_path_factory):
 def test_export_folder_and_record(exported):
     _, _, out, record = exported
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        {"model.onnx", "export.json", "config.json", "tokenizer.json", "tokenizer_config.json"}
+        {"model.onnx", "export.json", "config.json", "tokenizer.json", "tokenizer_config.json", MARKER}
         | {p.name for p in out.iterdir() if p.name.startswith("special_tokens")})
     assert json.loads((out / "export.json").read_text()) == record
     model = onnx.load(out / "model.onnx")
