@@ -32,9 +32,10 @@ from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_win
 from freeact_export.export.prefill import export_prefill
 from freeact_export.files import atomic_path, check_new_output, stamped
 from freeact_export.manifest import describe_torch_model
-from freeact_export.models import load_tokenizer, load_torch_model
+from freeact_export.models import hf_folder, load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
+from freeact_export.preflight import files_bytes, require_checkpoint_folder, require_context, require_room, writing
 from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS, build_plan, torch_weights
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
@@ -68,7 +69,7 @@ def _environment() -> dict:
 
 def write_json(record: dict, path: Path, overwrite: bool = False) -> None:
     """Write a record atomically (temp file, then rename), stamped so that --overwrite may replace it later."""
-    with atomic_path(Path(path), overwrite, kind="file") as tmp:
+    with writing(path), atomic_path(Path(path), overwrite, kind="file") as tmp:
         tmp.write_text(json.dumps(stamped(record), indent=2) + "\n")
 
 
@@ -111,7 +112,9 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
                         "'freeact-export check')")
     text = resolve_corpus(corpus)
     device = resolve_device(device, source)
-    windows = corpus_windows(load_tokenizer(source, tokenizer), text, spec)  # before the slow model load
+    tok = load_tokenizer(source, tokenizer)
+    require_context(config_folder(source), spec.seqlen, bos_context_id(tok) is not None, "eval windows", "--seqlen")
+    windows = corpus_windows(tok, text, spec)  # before the slow model load
     if source.kind == "onnx":
         runner = OrtLogits(source.path, device)
     elif loaded is None:
@@ -134,6 +137,13 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
 
 
 RUNTIMES = ("torch", "kernels")
+
+
+def config_folder(source: ModelSource) -> Path | None:
+    """The folder holding a model's config.json (a GGUF's is its cached conversion, made on first use)."""
+    if source.kind == "onnx":
+        return source.tokenizer_dir or source.path.parent
+    return hf_folder(source)
 
 
 def _load_plan(folder: str | Path) -> Plan:
@@ -193,11 +203,15 @@ def export(model: str, output: str | Path, spec: ExportSpec = ExportSpec(), *,
     if out.suffix == ".onnx":
         raise UserError(f"-o names the export folder (model.onnx, tokenizer, export.json go inside); "
                         f"try -o {out.with_suffix('')}")
-    check_new_output(out, overwrite)  # fail before the slow load
+    require_room(out)  # a read-only or missing folder: before the slow load
+    check_new_output(out, overwrite)
     tok = load_tokenizer(source)
     torch_model = load_torch_model(source, "float32", "cpu")
+    weights = sum(p.numel() for p in torch_model.parameters()) * 4  # tied weights counted once
+    require_room(out, weights, f"the export (the model's weights in float32, {torch_model.num_parameters():,} "
+                               "parameters)")
     start = time.perf_counter()
-    with atomic_path(out, overwrite) as tmp:
+    with writing(out), atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
         files = export_prefill(torch_model, tmp / "model.onnx", spec)
         tok.save_pretrained(tmp)
@@ -219,7 +233,15 @@ def export(model: str, output: str | Path, spec: ExportSpec = ExportSpec(), *,
         }
         if spec.verify:
             ort_runner = OrtLogits(tmp / "model.onnx", "cpu")
-            parity = compare_logits(TorchLogits(torch_model), ort_runner, sample_batches(tok))
+            try:
+                parity = compare_logits(TorchLogits(torch_model), ort_runner, sample_batches(tok))
+            except Exception as err:  # noqa: BLE001 - ONNX Runtime raises its own pybind types, none a RuntimeError
+                if type(err).__module__.split(".")[0] != "onnxruntime":
+                    raise
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise UserError(f"ONNX Runtime cannot run the graph exported at opset {spec.opset} ({first}); export "
+                                f"at opset {ExportSpec().opset} (the default), or pass --no-verify to keep it "
+                                "unchecked") from None
             record["parity_vs_torch"] = parity.to_dict()
             del ort_runner
         (tmp / "export.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -257,7 +279,7 @@ def _check_choice(kind: str, value: str, choices) -> None:
 
 def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES, preset: str = "cpu", *,
                     device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
-                    progress: bool = True) -> Calibrated:
+                    progress: bool = True, plan_output: Path | None = None) -> Calibrated:
     """Load a PyTorch model and collect its per-type calibration statistics (EVAL.md sampling).
 
     Args:
@@ -268,6 +290,8 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
         eval_spec: eval windows prepared for plan_model's perplexity (None: no evaluation).
         calib: calibration data settings overriding the preset's (the preset still picks the
             learning settings of FreeAct / FlatQuant).
+        plan_output: where the plan will be written: its folder's free space is checked against
+            the plan's size once the model is loaded, before calibrating.
     """
     source = resolve_model(model)
     if source.kind == "onnx":
@@ -277,14 +301,26 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
         token_types = TokenTypes.parse(types)
     except ValueError as err:
         raise UserError(str(err)) from None
+    for rule in token_types.rules:  # calibration feeds the model input_ids alone
+        if rule.kind == "input":
+            raise UserError(f"token-type rule '{rule.to_text()}' needs the model input '{rule.input_name}', which "
+                            "calibration from a text corpus cannot fill (quantize feeds the model input_ids only); "
+                            "use id or position rules")
     text = resolve_corpus(corpus)
     device = resolve_device(device, source)
     tok = load_tokenizer(source)
-    windows = None if eval_spec is None else corpus_windows(tok, text, eval_spec)
     calib_spec = CALIB_PRESETS[preset] if calib is None else calib
+    bos, folder = bos_context_id(tok) is not None, config_folder(source)
+    if eval_spec is not None:
+        require_context(folder, eval_spec.seqlen, bos, "eval windows", "--seqlen")
+    require_context(folder, calib_spec.seqlen, bos, "calibration windows", "--calib-seqlen")
+    windows = None if eval_spec is None else corpus_windows(tok, text, eval_spec)
     calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
     calib_windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
     torch_model = load_torch_model(source, "float32", device)
+    if plan_output is not None:  # INT4 codes are stored a byte each; transforms and scales add little
+        linear = sum(m.weight.numel() for m in torch_model.modules() if isinstance(m, torch.nn.Linear))
+        require_room(plan_output, linear, "the plan (a byte per linear weight)")
     start = time.perf_counter()
     record = calibrate(torch_model, calib_windows, token_types, calib_spec, progress)
     return Calibrated(model, source, text, preset, device, torch_model, record, windows, eval_spec,
@@ -339,13 +375,16 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
     _check_choice("method", method, METHODS)
     _check_choice("bits", bits, BITS_PRESETS)
     out = None if output is None else Path(output)
-    if out is not None:
-        check_new_output(out, overwrite)  # before the slow part
+    if out is not None:  # before the slow part
+        require_room(out)
+        check_new_output(out, overwrite)
+    if checkpoint is not None:
+        require_checkpoint_folder(checkpoint)
     cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
-                          progress=progress)
+                          progress=progress, plan_output=out)
     plan, report = plan_model(cal, method, bits, seed, progress, freeact, checkpoint)
     if out is not None:
-        with atomic_path(out, overwrite) as tmp:
+        with writing(out), atomic_path(out, overwrite) as tmp:
             tmp.mkdir()
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
             plan.write_into(tmp)  # last: its manifest hashes every file in the folder, report.json too
@@ -370,8 +409,15 @@ def build_engine(folder: str | Path, output: str | Path | None = None, profile=N
     """
     from freeact_export.runtime import trt_engine
 
-    return trt_engine.build_engine(folder, output, profile or trt_engine.ProfileSpec(), spec or trt_engine.BuildSpec(),
-                                   timing_cache=timing_cache, plugin_library=plugin_library, overwrite=overwrite)
+    source = Path(folder)
+    if source.is_dir():  # else build_engine names what the folder lacks
+        graph = files_bytes(source / "plugin.onnx", source / "plugin.onnx.data")
+        require_room(source / "engine" if output is None else output, graph,
+                     "the engine (estimated as the plugin graph's size)")
+    with writing(source / "engine" if output is None else output):
+        return trt_engine.build_engine(folder, output, profile or trt_engine.ProfileSpec(),
+                                       spec or trt_engine.BuildSpec(), timing_cache=timing_cache,
+                                       plugin_library=plugin_library, overwrite=overwrite)
 
 
 def bundle(folder: str | Path, output: str | Path, engine: str | Path | None = None, *,
@@ -379,7 +425,10 @@ def bundle(folder: str | Path, output: str | Path, engine: str | Path | None = N
     """Edge bundle (engine, plugin library, manifest, runner.py) of a built engine; see deploy/bundle.py."""
     from freeact_export.deploy.bundle import bundle as make_bundle
 
-    return make_bundle(folder, output, engine, overwrite=overwrite)
+    require_room(output, files_bytes(Path(folder) / "engine" if engine is None else Path(engine)),
+                 "the bundle (a copy of the engine)")
+    with writing(output):
+        return make_bundle(folder, output, engine, overwrite=overwrite)
 
 
 def triton(folder: str | Path, output: str | Path, *, engine: str | Path | None = None,
@@ -399,4 +448,8 @@ def triton(folder: str | Path, output: str | Path, *, engine: str | Path | None 
                           max_new_tokens=max_new_tokens)
     except ValueError as err:
         raise UserError(str(err)) from None
-    return write_repository(folder, output, spec, engine=engine, plugin=plugin, overwrite=overwrite)
+    copied = files_bytes(Path(folder) / "portable.onnx", Path(folder) / "portable.onnx.data",
+                         *(() if engine is None else (Path(engine),)))
+    require_room(output, copied, "the repository (a copy of portable.onnx and any engine)")
+    with writing(output):
+        return write_repository(folder, output, spec, engine=engine, plugin=plugin, overwrite=overwrite)

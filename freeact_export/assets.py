@@ -169,6 +169,9 @@ def resolve_corpus(spec: str, registry: dict[str, NamedCorpus] | None = None) ->
     path = Path(spec).expanduser()
     if path.is_file():
         return _text_file_corpus(spec, path)
+    if path.is_dir():
+        raise UserError(f"corpus {spec} is a folder; give a UTF-8 text file or a corpus name "
+                        f"({', '.join(sorted(registry))})")
     if os.sep not in spec and "." not in spec:
         raise UserError(f"unknown corpus '{spec}'; known names: {', '.join(sorted(registry))}, "
                         "or give a UTF-8 text file")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
 
 from freeact_export import __version__
-from freeact_export.cli_common import PROG, formatter, settings
+from freeact_export.cli_common import COUNT, PROG, SEED, SEQLEN, Parser, formatter, require_folder, settings
 from freeact_export.cli_deploy import add_build, add_bundle, add_serve, add_triton
 from freeact_export.errors import UserError
 
@@ -79,8 +81,8 @@ def _add_eval(sub) -> None:
                    help="name, Hugging Face folder, .gguf, .onnx, or a folder from 'export' "
                         "(default with --plan: the plan's model)")
     p.add_argument("--corpus", default="wiki", metavar="C", help="name or UTF-8 text file (default: wiki)")
-    p.add_argument("--seqlen", type=int, default=1024, help="tokens per window (default: 1024)")
-    p.add_argument("--windows", type=int, default=32, help="windows from the start of the eval text (default: 32)")
+    p.add_argument("--seqlen", type=SEQLEN, default=1024, help="tokens per window (default: 1024)")
+    p.add_argument("--windows", type=COUNT, default=32, help="windows from the start of the eval text (default: 32)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="PyTorch weight dtype (default: float32; ONNX keeps its own)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -99,10 +101,14 @@ def _run_eval(args: argparse.Namespace) -> None:
     from freeact_export import api
     from freeact_export.config import EvalSpec
     from freeact_export.files import check_new_output
+    from freeact_export.preflight import require_room
 
     spec = settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     if args.json:
-        check_new_output(Path(args.json), args.overwrite, kind="file")  # fail before the long run
+        require_room(Path(args.json))  # fail before the long run
+        check_new_output(Path(args.json), args.overwrite, kind="file")
+    if args.plan:
+        require_folder(args.plan, "a plan folder written by 'freeact-export quantize ... -o DIR'")
     record = api.evaluate(args.model, args.corpus, spec, dtype=args.dtype, device=args.device,
                           tokenizer=args.tokenizer, plan=args.plan, runtime=args.runtime)
     windows = f"{record['windows']} windows x {record['seqlen']} tokens"
@@ -134,7 +140,7 @@ def _add_export(sub) -> None:
               freeact-export export --model ./Qwen2.5-0.5B -o out/qwen --external-data always"""))
     p.add_argument("--model", required=True, metavar="M", help="name, Hugging Face folder or .gguf file")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="export folder to create")
-    p.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21, needed later for INT4)")
+    p.add_argument("--opset", type=COUNT, default=21, help="ONNX opset (default: 21, needed later for INT4)")
     p.add_argument("--external-data", default="auto", choices=["auto", "always", "never"],
                    help="weights in model.onnx.data: auto = only above ~1.8 GB (default: auto)")
     p.add_argument("--kv-cache", action="store_true",
@@ -205,17 +211,17 @@ def _add_quantize(sub) -> None:
     p.add_argument("--types", default=DEFAULT_TYPES, metavar="RULES",
                    help=f"token-type rules (default: {DEFAULT_TYPES}, the attention sink)")
     p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")
-    p.add_argument("--calib-windows", type=int, metavar="N", help="calibration windows (overrides the preset)")
-    p.add_argument("--calib-seqlen", type=int, metavar="T", help="calibration window length (overrides the preset)")
-    p.add_argument("--steps", type=int, metavar="N", help="FreeAct / FlatQuant learning steps per group (preset's)")
+    p.add_argument("--calib-windows", type=COUNT, metavar="N", help="calibration windows (overrides the preset)")
+    p.add_argument("--calib-seqlen", type=SEQLEN, metavar="T", help="calibration window length (overrides the preset)")
+    p.add_argument("--steps", type=COUNT, metavar="N", help="FreeAct / FlatQuant learning steps per group (preset's)")
     p.add_argument("--dedicated-fraction", type=float, metavar="F",
                    help="FreeAct: dimensions dedicated to each type, as a fraction of d (default 1/32)")
     p.add_argument("--type-weighting", choices=["tokens", "equal"],
                    help="FreeAct objective: sum over tokens (default) or each type's error equally")
-    p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the method's random choices (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
-    p.add_argument("--windows", type=int, default=32, help="eval windows for the simulated perplexity (default: 32)")
-    p.add_argument("--seqlen", type=int, default=1024, help="eval window length (default: 1024)")
+    p.add_argument("--windows", type=COUNT, default=32, help="eval windows for the simulated perplexity (default: 32)")
+    p.add_argument("--seqlen", type=SEQLEN, default=1024, help="eval window length (default: 1024)")
     p.add_argument("--no-eval", action="store_true", help="write the plan without measuring perplexity")
     p.add_argument("--checkpoint", metavar="DIR", help=CHECKPOINT_HELP)
     p.add_argument("-o", "--output", metavar="DIR", help="folder for plan.json, plan.safetensors, report.json")
@@ -229,6 +235,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
     from freeact_export import api
     from freeact_export.config import FREEACT_PRESETS, EvalSpec
 
+    _require_learned_method(args)
     eval_spec = None if args.no_eval else settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     calib = _calib_override(args)
     learning = {k: v for k, v in (("steps", args.steps), ("dedicated_fraction", args.dedicated_fraction),
@@ -289,13 +296,13 @@ def _add_rewrite(sub) -> None:
     p.add_argument("--corpus", default="wiki", metavar="C", help="calibration + check corpus (default: wiki)")
     p.add_argument("--tokenizer", metavar="T", help="tokenizer source when none lies beside the model")
     p.add_argument("--preset", default="cpu", choices=list(CALIB_PRESETS), help="calibration size (default: cpu)")
-    p.add_argument("--calib-windows", type=int, metavar="N", help="calibration windows (overrides the preset)")
-    p.add_argument("--calib-seqlen", type=int, metavar="T", help="calibration window length (overrides the preset)")
-    p.add_argument("--steps", type=int, metavar="N", help="FreeAct / FlatQuant learning steps per group")
-    p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default: 0)")
+    p.add_argument("--calib-windows", type=COUNT, metavar="N", help="calibration windows (overrides the preset)")
+    p.add_argument("--calib-seqlen", type=SEQLEN, metavar="T", help="calibration window length (overrides the preset)")
+    p.add_argument("--steps", type=COUNT, metavar="N", help="FreeAct / FlatQuant learning steps per group")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the method's random choices (default: 0)")
     p.add_argument("--checkpoint", metavar="DIR", help=CHECKPOINT_HELP)
     p.add_argument("--no-check", action="store_true", help="skip the parity check and perplexities")
-    p.add_argument("--windows", type=int, default=32, help="eval windows for the check's perplexities (default: 32)")
+    p.add_argument("--windows", type=COUNT, default=32, help="eval windows for the check's perplexities (default: 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_run_rewrite)
 
@@ -306,6 +313,7 @@ def _run_rewrite(args: argparse.Namespace) -> None:
     from freeact_export.config import FREEACT_PRESETS
     from freeact_export.onnx_in.job import rewrite_onnx
 
+    _require_learned_method(args)
     model = Path(args.model)
     stem = model.stem if model.suffix == ".onnx" else model.name
     output = args.output or str(model.parent / f"{stem}-{args.method}-{args.bits}")
@@ -350,21 +358,28 @@ def _add_check(sub) -> None:
               freeact-export check out/q --no-eval"""))
     p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
     p.add_argument("--corpus", default="wiki", metavar="C", help="(default: wiki)")
-    p.add_argument("--windows", type=int, default=32, help="eval windows for the perplexities (default: 32)")
+    p.add_argument("--windows", type=COUNT, default=32, help="eval windows for the perplexities (default: 32)")
     p.add_argument("--no-eval", action="store_true", help="parity only, no perplexities")
     p.add_argument("--engine", metavar="PATH",
                    help="TensorRT engine folder (or its model.plan) to add to the comparison (default: DIR/engine "
                         "when it exists; needs TensorRT and the GPU it was built for)")
-    p.set_defaults(run=lambda args: _check_and_print(args.folder, args.corpus, None if args.no_eval else args.windows,
-                                                     args.engine))
+    p.set_defaults(run=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> None:
+    require_folder(args.folder, "a folder written by 'freeact-export MODEL.onnx'")
+    _check_and_print(args.folder, args.corpus, None if args.no_eval else args.windows, args.engine)
 
 
 def _check_and_print(folder: str, corpus: str, windows: int | None, engine: str | None = None) -> None:
     from freeact_export.config import EvalSpec
     from freeact_export.parity.check import check
+    from freeact_export.preflight import require_room, writing
 
+    require_room(Path(folder) / "check")  # written at the end of minutes of work
     spec = None if windows is None else settings(EvalSpec, windows=windows)
-    record = check(folder, corpus=corpus, eval_spec=spec, engine=engine)
+    with writing(Path(folder) / "check"):
+        record = check(folder, corpus=corpus, eval_spec=spec, engine=engine)
     if record["simulation_skipped"]:
         print(f"simulation skipped: {record['simulation_skipped']}")
     for graph, w in record["weights"].items():
@@ -414,6 +429,20 @@ def _print_tensorrt(trt) -> None:
                   f"{o['mean_abs_diff']:.3g}, SQNR {o['sqnr_db']:.1f} dB {'pass' if o['passed'] else 'FAIL'}")
 
 
+def _require_learned_method(args: argparse.Namespace) -> None:
+    """Learning settings given to a method that learns nothing would be silently ignored: refuse them."""
+    from freeact_export.quantize.planner import LEARNED
+
+    given = [flag for flag, value in (("--steps", args.steps), ("--checkpoint", args.checkpoint),
+                                      ("--dedicated-fraction", getattr(args, "dedicated_fraction", None)),
+                                      ("--type-weighting", getattr(args, "type_weighting", None)))
+             if value is not None]
+    if given and args.method.removesuffix("+gptq") not in LEARNED:
+        raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the learned methods "
+                        f"({', '.join(LEARNED)}, with or without +gptq) and --method {args.method} learns nothing; "
+                        f"drop {'it' if len(given) == 1 else 'them'} or choose a learned method")
+
+
 def _calib_override(args: argparse.Namespace):
     """The preset's calibration settings with --calib-windows / --calib-seqlen applied (None: the preset's)."""
     import dataclasses
@@ -432,7 +461,7 @@ COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, formatter_class=formatter, description=OVERVIEW, epilog=EXAMPLES,
         usage=f"{PROG} COMMAND [options]\n       {PROG} MODEL.onnx [options]")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -451,9 +480,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse a command line; `freeact-export MODEL.onnx ...` is routed to `rewrite`."""
+    parser = build_parser()
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        if _looks_like_a_command(argv[0]):
+            commands = ", ".join(c for c in COMMANDS if c != "rewrite")
+            parser.error(f"unknown command '{argv[0]}'; choose one of {commands}, or give MODEL.onnx (an .onnx file "
+                         "or a folder holding model.onnx)")
         argv = ["rewrite", *argv]
-    return build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command in MODEL_COMMANDS:
+        _quiet_library_progress_bars()
+    return args
+
+
+def _looks_like_a_command(word: str) -> bool:
+    """A bare word that names no file and no known model: a misspelt command, not MODEL.onnx."""
+    from freeact_export.assets import MODELS
+
+    return os.sep not in word and "." not in word and word not in MODELS and not os.path.exists(word)
+
+
+# The commands that load models with transformers.
+MODEL_COMMANDS = ("eval", "export", "quantize", "rewrite", "check")
+
+
+def _quiet_library_progress_bars() -> None:
+    """transformers' and huggingface_hub's own progress bars ("Loading weights") write to stderr, where a
+    bad input must get exactly one line; ours (calibration, learning, perplexity) stay."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read where huggingface_hub is imported later
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+# A partial output's name (files.atomic_path): `.NAME.<random>.partial`; an error names NAME instead.
+_PARTIAL = re.compile(r"\.(.+)\.[^.]+\.partial")
+_OS_REMEDY = {
+    errno.ENOSPC: "free some space there or choose another output folder",
+    errno.EDQUOT: "free some space there (your disk quota is used up) or choose another output folder",
+    errno.EFBIG: "the file outgrew the size this system allows (ulimit -f); raise the limit",
+    errno.EROFS: "choose an output folder on a writable file system",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+}
+
+
+def _os_error(err: OSError) -> int:
+    """A read or write the system refused (a full disk, a folder made read-only mid-run): one line naming
+    the path and the reason; atomic_path has removed the partial output on its way out."""
+    where = ""
+    if isinstance(err.filename, (str, bytes, os.PathLike)):  # not a file descriptor
+        parts = [_PARTIAL.fullmatch(part)[1] if _PARTIAL.fullmatch(part) else part
+                 for part in Path(os.fsdecode(err.filename)).parts]
+        where = f"{Path(*parts)}: "
+    reason = err.strerror or type(err).__name__
+    remedy = _OS_REMEDY.get(err.errno, "check the path and the disk, then run the command again")
+    print(f"{PROG}: error: {where}{reason}; {remedy}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        return _os_error(err)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", 2)  # a bare KeyboardInterrupt is SIGINT's
         print(f"{PROG}: {interrupted_message(signum)}", file=sys.stderr)

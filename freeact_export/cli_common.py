@@ -1,8 +1,10 @@
-"""What every freeact-export command module shares: the help formatter, settings from arguments."""
+"""What every freeact-export command module shares: the parser, its argument types, settings from arguments."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 from freeact_export.errors import UserError
 
@@ -11,6 +13,64 @@ PROG = "freeact-export"
 
 def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line (argparse prints the whole usage block before it)."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def int_at_least(low: int, what: str = ""):
+    """An argparse type: a whole number >= low (a count, a length), refused in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{what} (got {value})")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
+
+
+COUNT = int_at_least(1)
+SEED = int_at_least(0, " (a seed is a non-negative whole number)")
+SEQLEN = int_at_least(2, " (a window predicts each token from the ones before it)")
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = int_at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535 (got {value})")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 (got {text})")
+    return value
+
+
+def require_folder(path: str, what: str) -> Path:
+    """An input folder that must exist (checked when the command runs, not at parse time, so that
+    documented example lines parse anywhere)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise UserError(f"{path} does not exist; give {what}")
+    if not folder.is_dir():
+        raise UserError(f"{path} is a file, not a folder; give {what}")
+    return folder
 
 
 def settings(factory, *args, **fields):

@@ -7,8 +7,10 @@ import contextlib
 import textwrap
 from pathlib import Path
 
-from freeact_export.cli_common import formatter, settings
+from freeact_export.cli_common import COUNT, formatter, int_at_least, port, require_folder, seconds, settings
 from freeact_export.errors import UserError
+
+REWRITTEN = "a folder written by 'freeact-export MODEL.onnx'"
 
 
 def add_build(sub) -> None:
@@ -31,11 +33,11 @@ def add_build(sub) -> None:
               FREEACT_PLUGIN_LIB=/opt/freeact/libfreeact_trt_plugins.so freeact-export build out/q"""))
     p.add_argument("folder", metavar="DIR", help="a folder written by 'freeact-export MODEL.onnx'")
     p.add_argument("-o", "--output", metavar="ENGINE_DIR", help="engine folder to create (default: DIR/engine)")
-    p.add_argument("--max-tokens", type=int, default=2048, help="new tokens per request, at most (default: 2048)")
-    p.add_argument("--max-batch", type=int, default=1, help="requests per batch, at most (default: 1)")
-    p.add_argument("--opt-tokens", type=int, metavar="N", help="tokens TensorRT tunes for (default: max // 2)")
-    p.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT tunes for (default: 1)")
-    p.add_argument("--max-past", type=int, metavar="N",
+    p.add_argument("--max-tokens", type=COUNT, default=2048, help="new tokens per request, at most (default: 2048)")
+    p.add_argument("--max-batch", type=COUNT, default=1, help="requests per batch, at most (default: 1)")
+    p.add_argument("--opt-tokens", type=COUNT, metavar="N", help="tokens TensorRT tunes for (default: max // 2)")
+    p.add_argument("--opt-batch", type=COUNT, default=1, help="batch TensorRT tunes for (default: 1)")
+    p.add_argument("--max-past", type=int_at_least(0), metavar="N",
                    help="KV-cache graphs: cached tokens, at most (default: --max-tokens)")
     p.add_argument("--no-fp16", action="store_true", help="keep the floating-point layers in fp32")
     p.add_argument("--strongly-typed", action="store_true",
@@ -58,6 +60,7 @@ def _run_build(args: argparse.Namespace) -> None:
     from freeact_export import api
     from freeact_export.runtime.trt_engine import BuildSpec, ProfileSpec
 
+    require_folder(args.folder, REWRITTEN)
     profile = settings(ProfileSpec, max_tokens=args.max_tokens, max_batch=args.max_batch, opt_tokens=args.opt_tokens,
                        opt_batch=args.opt_batch, max_past=args.max_past)
     spec = settings(BuildSpec, fp16=not (args.no_fp16 or args.strongly_typed),
@@ -99,6 +102,7 @@ def add_bundle(sub) -> None:
 def _run_bundle(args: argparse.Namespace) -> None:
     from freeact_export import api
 
+    require_folder(args.folder, REWRITTEN)
     manifest = api.bundle(args.folder, args.output, args.engine, overwrite=args.overwrite)
     print(f"wrote {args.output}/ ({', '.join(manifest['files'])}, manifest.json) for {manifest['gpu']['sm']} "
           f"({manifest['gpu']['name']}), TensorRT {manifest['tensorrt']['version']}")
@@ -147,12 +151,12 @@ def add_triton(sub) -> None:
     p.add_argument("--plugin-lib", metavar="PATH",
                    help="with an engine: the plugin library (default: the one in the engine's build.json, "
                         "else $FREEACT_PLUGIN_LIB or plugins_trt/build's)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+    p.add_argument("--max-batch", type=COUNT, default=8, metavar="N",
                    help="max_batch_size of the batched models (default: 8)")
-    p.add_argument("--instances", type=int, default=1, metavar="N", help="instances of each model (default: 1)")
-    p.add_argument("--max-tokens", type=int, default=2048, metavar="N",
+    p.add_argument("--instances", type=COUNT, default=1, metavar="N", help="instances of each model (default: 1)")
+    p.add_argument("--max-tokens", type=COUNT, default=2048, metavar="N",
                    help="longest sequence accepted (the engine's profile maximum; default: 2048)")
-    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+    p.add_argument("--max-new-tokens", type=COUNT, default=32, metavar="N",
                    help="freeact_generate's cap on generated tokens (default: 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing repository folder")
     p.set_defaults(run=_run_triton)
@@ -161,6 +165,7 @@ def add_triton(sub) -> None:
 def _run_triton(args: argparse.Namespace) -> None:
     from freeact_export import api
 
+    require_folder(args.folder, REWRITTEN)
     record = api.triton(args.folder, args.output, engine=args.engine, plugin=args.plugin_lib,
                         max_batch=args.max_batch, instances=args.instances, max_tokens=args.max_tokens,
                         max_new_tokens=args.max_new_tokens, overwrite=args.overwrite)
@@ -189,11 +194,11 @@ def add_serve(sub) -> None:
                 '{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["The capital of France is"]},
                            {"name":"max_new_tokens","shape":[1],"datatype":"INT32","data":[8]}]}'"""))
     p.add_argument("repository", metavar="REPO", help="a repository written by 'freeact-export triton'")
-    p.add_argument("--http-port", type=int, default=8000, metavar="N", help="HTTP port (default: 8000)")
-    p.add_argument("--grpc-port", type=int, default=8001, metavar="N", help="gRPC port (default: 8001)")
+    p.add_argument("--http-port", type=port, default=8000, metavar="N", help="HTTP port (default: 8000)")
+    p.add_argument("--grpc-port", type=port, default=8001, metavar="N", help="gRPC port (default: 8001)")
     p.add_argument("--workdir", metavar="DIR",
                    help="where the backend links and tritonserver.log go (default: a temporary folder)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=120.0, metavar="S",
                    help="seconds to wait for every model to load (default: 120)")
     p.set_defaults(run=_run_serve)
 
@@ -212,7 +217,11 @@ def _run_serve(args: argparse.Namespace) -> None:
     # SIGINT ignored; an unhandled SIGTERM would leave the server, in its own session, running).
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    require_folder(args.repository, "a repository written by 'freeact-export triton DIR -o REPO'")
     models = validate_repository(Path(args.repository))
+    _require_ports(args.http_port, args.grpc_port)
+    if args.workdir:
+        _require_workdir(Path(args.workdir))
     engines = sorted(name for name, config in models.items() if config.platform == "tensorrt_plan")
     if engines:
         raise UserError(f"{args.repository} holds {', '.join(engines)} (tensorrt_plan), which needs a GPU and "
@@ -230,3 +239,28 @@ def _run_serve(args: argparse.Namespace) -> None:
             print("stopping tritonserver", flush=True)
             return
         raise UserError(f"tritonserver exited with status {code}; see {server['log']}")
+
+
+def _require_ports(http: int, grpc: int) -> None:
+    """Both ports free on loopback, and not the same one: tritonserver would otherwise fail after its
+    models load, and serve would report it only at --timeout."""
+    import socket
+
+    if http == grpc:
+        raise UserError(f"--http-port and --grpc-port are both {http}; give them different ports")
+    for flag, number in (("--http-port", http), ("--grpc-port", grpc)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+            try:
+                sock.bind(("127.0.0.1", number))
+            except OSError as err:
+                raise UserError(f"{flag} {number}: 127.0.0.1:{number} cannot be used ({err.strerror}); choose another "
+                                "port") from None
+
+
+def _require_workdir(workdir: Path) -> None:
+    from freeact_export.preflight import require_room
+
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file; give a folder (created when missing)")
+    require_room(workdir / "tritonserver.log" if workdir.is_dir() else workdir)

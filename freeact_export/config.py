@@ -73,8 +73,12 @@ class ExportSpec(_Versioned):
     def __post_init__(self) -> None:
         if self.external_data not in EXTERNAL_DATA_CHOICES:
             raise ValueError(f"external_data must be one of {EXTERNAL_DATA_CHOICES}")
-        if self.opset < 18:
-            raise ValueError(f"opset must be at least 18 (got {self.opset})")
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()  # the exporter cannot write an opset onnx does not know
+        if not 18 <= self.opset <= newest:
+            raise ValueError(f"opset must lie in 18..{newest} (got {self.opset}; 21, the default, is the first "
+                             "with INT4)")
 
 
 GRANULARITIES = ("channel", "group", "token", "tensor")

@@ -31,6 +31,7 @@ from freeact_export.models import load_tokenizer
 from freeact_export.onnx_in.calibrate import calibrate_onnx
 from freeact_export.onnx_in.graph import load_onnx, read_onnx
 from freeact_export.plan import Plan
+from freeact_export.preflight import files_bytes, require_checkpoint_folder, require_context, require_room, writing
 from freeact_export.quantize.planner import DEFAULT_METHOD, build_plan
 from freeact_export.rewrite.graphs import rewrite
 from freeact_export.token_types import DEFAULT_TYPES, TokenTypes
@@ -66,7 +67,11 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
         raise UserError(f"{model} is not an ONNX model; export it first ('freeact-export export --model {model} "
                         "-o DIR') or quantize the PyTorch model with 'freeact-export quantize'")
     out = Path(output)
+    graph = files_bytes(*(f for f in source.path.parent.iterdir() if f.name.startswith(source.path.name)))
+    require_room(out, graph, "the two rewritten graphs (estimated as the input graph's size)")
     check_new_output(out, overwrite)
+    if checkpoint is not None:
+        require_checkpoint_folder(checkpoint)
     try:
         token_types = TokenTypes.parse(types)
     except ValueError as err:
@@ -81,6 +86,8 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     tok = load_tokenizer(source, tokenizer)
     text = resolve_corpus(corpus)
     calib_spec = CALIB_PRESETS[preset] if calib is None else calib
+    require_context(source.tokenizer_dir or source.path.parent, calib_spec.seqlen, bos_context_id(tok) is not None,
+                    "calibration windows", "--calib-seqlen")
     calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
     windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
     start = time.perf_counter()
@@ -102,7 +109,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
               "left_in_float": onnx_model.skipped, "learning": plan.info.get("learning"),
               "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0),
               "checkpoint_learn_s": plan.info.get("checkpoint_learn_s")}
-    with atomic_path(out, overwrite) as tmp:
+    with writing(out), atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
         (tmp / PLAN_DIR).mkdir()
         plan.write_files(tmp / PLAN_DIR)  # covered by the folder's manifest, written last

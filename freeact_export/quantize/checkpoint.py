@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from freeact_export.errors import UserError
+from freeact_export.preflight import writing
 
 SETTINGS_FILE = "settings.json"
 
@@ -36,6 +37,8 @@ class LearnedGroups:
         if not self.folder.parent.is_dir():
             raise UserError(f"the folder {self.folder.parent} for checkpoint {self.folder} does not exist; "
                             "create it first")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"checkpoint {self.folder} is a file; --checkpoint takes a folder (created when missing)")
         self.folder.mkdir(exist_ok=True)
         path = self.folder / SETTINGS_FILE
         settings = json.loads(json.dumps({**settings, "statistics": statistics}))  # as JSON reads it back
@@ -87,5 +90,9 @@ class LearnedGroups:
 
 def _write_atomically(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    write(tmp)
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:  # a write cut short (a full disk) leaves no half-written group behind
+            tmp.unlink(missing_ok=True)

@@ -134,7 +134,7 @@ def test_build_without_tensorrt_names_what_to_install(capsys, rewritten, tmp_pat
 @pytest.mark.parametrize(("argv", "fragment"), [
     (["--exclude-lean-runtime"], "--exclude-lean-runtime needs --version-compatible"),
     (["--max-tokens", "8", "--opt-tokens", "9"], "opt_tokens must lie in 1..max_tokens (8)"),
-    (["--max-batch", "0"], "max_batch must be at least 1"),
+    (["--max-batch", "0"], "argument --max-batch: must be at least 1 (got 0)"),
 ])
 def test_build_arguments_are_checked_first(capsys, rewritten, argv, fragment):
     code, _, err = run_cli(capsys, "build", str(rewritten), *argv)

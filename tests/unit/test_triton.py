@@ -211,7 +211,7 @@ def test_bad_input_is_one_line(capsys, rewritten, repository, tmp_path):
     code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"), "--plugin-lib", "x.so")
     assert_one_line_error(code, err, "--plugin-lib goes with --engine")
     code, _, err = run_cli(capsys, "triton", str(rewritten), "-o", str(tmp_path / "r"), "--max-batch", "0")
-    assert_one_line_error(code, err, "max-batch must be at least 1")
+    assert_one_line_error(code, err, "argument --max-batch: must be at least 1")
     assert not (tmp_path / "r").exists()
 
 
@@ -418,7 +418,7 @@ def test_serve_command_answers_the_readme_request_and_stops_on_ctrl_c(repository
 
 def test_serve_refuses_what_it_cannot_serve(capsys, rewritten, tmp_path):
     code, _, err = run_cli(capsys, "serve", str(tmp_path / "nowhere"))
-    assert_one_line_error(code, err, "is not a Triton model repository")
+    assert_one_line_error(code, err, "nowhere does not exist; give a repository written by 'freeact-export triton")
     engine, plugin = tmp_path / "model.plan", tmp_path / "libfreeact_trt_plugins.so"
     engine.write_bytes(b"engine")
     plugin.write_bytes(b"library")
