@@ -11,14 +11,14 @@ Runners, on the same saved inputs (sample texts, a padded batch, and an eval-cor
 
 What must hold:
   weights     the INT4 codes in both graphs are the plan's, exactly;
-  codes and   each graph against the simulation, by tie replay (parity/replay.py): the three compute
+  codes and   each graph against the simulation, by replay (parity/replay.py): the three compute
   logits      the transform in float32 in different orders, so a value within float rounding of a
               half-integer may land on the neighbouring code, and everything downstream then reads a
-              slightly different input. The first group whose codes differ must differ like such a
-              tie (a few codes, each by one step); the simulation takes those codes and runs again,
-              until every code agrees; then the logits must agree to float precision. Without the
-              simulation the two graphs are compared with each other (first differences tie-like,
-              logits SQNR above LOGITS_MIN_SQNR_DB);
+              slightly different input. So the simulation runs again on the graph's own codes: then
+              each group's codes must equal the graph's but for such ties (a few codes, each one step,
+              each within float rounding of its boundary), and the logits must agree to float
+              precision. Without the simulation the two graphs are compared with each other (first
+              differences tie-like, logits SQNR above LOGITS_MIN_SQNR_DB);
   perplexity  the portable graph's (ONNX Runtime) against the simulation's, judged against the spread
               of equally valid references: the same simulation with its transform in float64 moves
               every window's loss by float-order noise alone; the portable graph may differ from the
@@ -172,8 +172,9 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     floor = _logits_stats(results, "simulation", FLOOR_RUNNER, feeds) if simulated else None
     min_sqnr = min(LOGITS_MIN_SQNR_DB, floor["logits_sqnr_db"] - FLOOR_MARGIN_DB) if floor else LOGITS_MIN_SQNR_DB
     if simulated is not None:
-        comparisons = [replay(simulated, feeds, list(results[graph]), group_names, packed and graph == "plugin", graph)
-                       for graph in ("plugin", "portable")]
+        plain = [it["logits"] for it in results["simulation"]]
+        comparisons = [replay(simulated, feeds, list(results[graph]), plain, group_names,
+                              packed and graph == "plugin", graph) for graph in ("plugin", "portable")]
     else:
         comparisons = [_compare_graphs(results, group_names, packed, feeds)]
     logits_only = RunResults()  # saved: the activation codes (GBs for a real model) are summarised in check.json

@@ -1,4 +1,4 @@
-"""Tie replay: judge a runner against the simulation once both have made the same rounding-tie decisions.
+"""Replay: judge a runner by running the simulation on the runner's own activation codes.
 
 Two correct runners compute a group's transform in float32 in different summation orders (ONNX Runtime
 and PyTorch, and each of them differently on AVX2 and AVX-512). A value within float rounding of a
@@ -6,14 +6,14 @@ half-integer may then land on the neighbouring integer code, and from there on e
 slightly different input: on a W4A4 model one such flip moves the logits by whole units, and how many
 flips happen depends on the CPU. A noise floor cannot bound that on every CPU.
 
-Replay removes the noise instead of bounding it. In each batch, the first group whose codes differ must
-differ like a tie (a few codes, each by one step, each within float rounding of its boundary in the
-simulation: TIE_CODES / TIE_FRACTION / TIE_ROOM); the simulation then takes the
-runner's codes at exactly those positions and runs again, until every code of every group agrees (at most
-MAX_ROUNDS times). What is left is float summation order with no code step in it, so the logits must then
-agree to float precision (REPLAYED_MIN_SQNR_DB). A real defect (a wrong packing order, a dropped type gate,
-a transposed factor, a wrong scale) changes many codes, or codes by more than one step, in the first group
-it reaches; or, in the last layers, changes the logits while every code agrees.
+Replay removes the noise instead of bounding it. The simulation runs each batch once more, passing on the
+runner's codes instead of its own in every group, so each group sees exactly the input the runner's group
+saw (up to float order). Then every group's own codes must equal the runner's, except where float order
+decided a tie: a few codes per group, each one step away, each within float rounding of its boundary in the
+simulation (TIE_CODES / TIE_FRACTION / TIE_ROOM). And the logits, now computed from the same codes, must agree
+to float precision (REPLAYED_MIN_SQNR_DB). A real defect (a wrong packing order, a dropped type gate, a
+transposed factor, a wrong scale) moves codes far from any boundary in the group it breaks or in the next
+one, or, in the last layer, moves the logits while every code agrees.
 """
 
 from __future__ import annotations
@@ -37,9 +37,7 @@ TIE_CODES, TIE_FRACTION = 8, 1e-4
 # correct runners (measured ties: below 1e-5 steps, on tiny models and on smollm2-135m). A defect moves
 # values by a sizeable part of a step, so the codes it flips lie anywhere up to half a step from a boundary.
 TIE_ROOM = 1e-3
-# Replay rounds per batch: one per group where a tie fell the other way (a handful on a 30-layer model).
-MAX_ROUNDS = 64
-# With every code equal, two float32 runs differ by summation order alone: ~1e-6 of the logits'
+# With the same codes, two float32 runs differ by summation order alone: ~1e-6 of the logits'
 # norm (120 dB). 60 dB (0.1 %) leaves room for long models and still fails any defect that moves the
 # logits by a visible amount.
 REPLAYED_MIN_SQNR_DB = 60.0
@@ -61,7 +59,7 @@ def tie_like(differ: int, step: int, codes: int, room: float = 0.0) -> bool:
 
 
 def _simulate(simulated: SimulatedLogits, feed: dict) -> tuple[np.ndarray, list[np.ndarray | None], list]:
-    """Logits, each group's codes [B, T, d] and tie rooms of one simulated batch (forced codes applied)."""
+    """Logits, each group's own codes [B, T, d] and their tie rooms, for one batch (forced codes passed on)."""
     ids = feed["input_ids"]
     for path in simulated.paths:
         path.recorded, path.tie_room = [], []
@@ -77,69 +75,56 @@ def _simulate(simulated: SimulatedLogits, feed: dict) -> tuple[np.ndarray, list[
     return logits, codes, rooms
 
 
-def replay(simulated: SimulatedLogits, feeds: list[dict], outputs: list[dict], group_names: list[str],
-           packed: bool, runner: str) -> dict:
-    """Replay `runner`'s tie decisions (its `outputs` on `feeds`) in the simulation; the comparison record.
+def replay(simulated: SimulatedLogits, feeds: list[dict], outputs: list[dict], plain: list[np.ndarray],
+           group_names: list[str], packed: bool, runner: str) -> dict:
+    """Replay `runner`'s codes (its `outputs` on `feeds`) in the simulation; the comparison record.
 
     Args:
         simulated: the plan's simulation (its paths' forced codes are cleared again on return).
         feeds: the inputs every runner ran on.
         outputs: the runner's outputs per feed: logits and each group's codes (codes_name).
+        plain: the simulation's own logits per feed (for the record: how far apart the two were before).
         group_names: the plan's groups, in path order.
         packed: the runner returns packed INT4 codes (the plugin graph at W4A4).
         runner: its name, for the record.
     """
-    replayed, diverging, rounds = [], None, 0
-    signal = noise = max_abs = 0.0
-    raw_signal = raw_noise = 0.0
+    ties, diverging = [], None
+    signal = noise = max_abs = raw_signal = raw_noise = 0.0
     try:
-        for batch, (feed, theirs_all) in enumerate(zip(feeds, outputs, strict=True)):
+        for batch, (feed, theirs_all, plain_logits) in enumerate(zip(feeds, outputs, plain, strict=True)):
             keep = feed["attention_mask"].astype(bool)  # padded rows feed nothing valid: not judged
             theirs = [runner_codes(theirs_all, i, packed) for i in range(len(group_names))]
-            for path in simulated.paths:
-                path.forced = None
-            for round_ in range(MAX_ROUNDS + 1):
-                logits, ours, rooms = _simulate(simulated, feed)
-                if round_ == 0:
-                    la, lb = logits[keep].astype(np.float64), theirs_all["logits"][keep].astype(np.float64)
+            where = torch.from_numpy(np.ascontiguousarray(keep[..., None]))
+            for path, codes in zip(simulated.paths, theirs, strict=True):
+                path.forced = None if codes is None else (where, torch.from_numpy(codes))
+            logits, ours, rooms = _simulate(simulated, feed)
+            for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+                if a is None or b is None or not bool((a != b)[keep].any()):
+                    continue
+                differ = (a != b) & keep[..., None]
+                count, step = int(differ.sum()), int(np.abs(a - b)[differ].max())
+                room = float(rooms[index][differ].max())
+                ties.append({"batch": batch, "group": group_names[index], "codes_different": count,
+                             "codes": int(keep.sum()) * a.shape[-1], "max_code_difference": step,
+                             "max_tie_room": room})
+                if diverging is None and not tie_like(count, step, ties[-1]["codes"], room):
+                    diverging = f"{group_names[index]} ({codes_name(index)}, batch {batch}: {count} codes differ, " \
+                                f"up to {step} steps, up to {room:.2g} steps from a rounding boundary)"
+            lb = theirs_all["logits"][keep].astype(np.float64)
+            for ref, into in ((plain_logits, "raw"), (logits, "replayed")):
+                la = ref[keep].astype(np.float64)
+                if into == "raw":
                     raw_signal += float((la**2).sum())
                     raw_noise += float(((la - lb) ** 2).sum())
-                first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
-                              if a is not None and b is not None and bool((a != b)[keep].any())), None)
-                if first is None:
-                    break
-                differ = (ours[first] != theirs[first]) & keep[..., None]
-                count, step = int(differ.sum()), int(np.abs(ours[first] - theirs[first])[differ].max())
-                room = float(rooms[first][differ].max())
-                replayed.append({"batch": batch, "group": group_names[first], "codes_different": count,
-                                 "codes": int(keep.sum()) * ours[first].shape[-1], "max_code_difference": step,
-                                 "max_tie_room": room})
-                if not tie_like(count, step, replayed[-1]["codes"], room):
-                    diverging = f"{group_names[first]} ({codes_name(first)}, batch {batch}: {count} codes differ, " \
-                                f"up to {step} steps, up to {room:.2g} steps from a rounding boundary)"
-                    break
-                if round_ == MAX_ROUNDS:
-                    diverging = f"{group_names[first]} (batch {batch}: ties in more than {MAX_ROUNDS} groups)"
-                    break
-                path = simulated.paths[first]
-                where, codes = path.forced if path.forced is not None else (
-                    torch.zeros(differ.shape, dtype=torch.bool), torch.zeros(differ.shape, dtype=torch.int32))
-                path.forced = (where | torch.from_numpy(differ),
-                               torch.where(torch.from_numpy(differ), torch.from_numpy(theirs[first]), codes))
-            rounds += round_
-            if diverging is not None:
-                break
-            la, lb = logits[keep].astype(np.float64), theirs_all["logits"][keep].astype(np.float64)
-            max_abs = max(max_abs, float(np.abs(la - lb).max()))
-            signal += float((la**2).sum())
-            noise += float(((la - lb) ** 2).sum())
+                else:
+                    max_abs = max(max_abs, float(np.abs(la - lb).max()))
+                    signal += float((la**2).sum())
+                    noise += float(((la - lb) ** 2).sum())
     finally:
         for path in simulated.paths:
             path.forced = None
     sqnr = 10 * math.log10(signal / noise) if noise > 0 else math.inf
     raw_sqnr = 10 * math.log10(raw_signal / raw_noise) if raw_noise > 0 else math.inf
-    passed = diverging is None and sqnr >= REPLAYED_MIN_SQNR_DB
-    return {"pair": ["simulation", runner], "logits_sqnr_db": raw_sqnr, "ties_replayed": len(replayed),
-            "replay_rounds": rounds, "replayed": replayed, "first_diverging": diverging,
-            "replayed_logits_sqnr_db": None if diverging else sqnr,
-            "replayed_logits_max_abs_diff": None if diverging else max_abs, "passed": bool(passed)}
+    return {"pair": ["simulation", runner], "logits_sqnr_db": raw_sqnr, "ties": len(ties), "replayed": ties,
+            "first_diverging": diverging, "replayed_logits_sqnr_db": sqnr, "replayed_logits_max_abs_diff": max_abs,
+            "passed": bool(diverging is None and sqnr >= REPLAYED_MIN_SQNR_DB)}

@@ -42,7 +42,7 @@ class ActivationPath(torch.nn.Module):
         self.recorded: list[Quantized] | None = None  # set to a list to keep the integer activations (parity)
         # With `recorded`: each code's distance to its rounding boundary, in code steps (0 = an exact tie).
         self.tie_room: list[torch.Tensor] | None = None
-        # (where, codes): the codes to take instead of this path's own at `where` (parity's tie replay).
+        # (where, codes): the codes passed on instead of this path's own at `where` (parity's replay).
         self.forced: tuple[torch.Tensor, torch.Tensor] | None = None
         self.compute_dtype = torch.float32  # float64 moves rounding ties: the parity check's noise floor
 
@@ -69,20 +69,21 @@ class ActivationPath(torch.nn.Module):
         return y
 
     def _quantize_observed(self, y: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
-        """fake_quantize, but taking the forced codes where given and recording what came out."""
+        """fake_quantize, recording the codes it computes (and their tie rooms), and passing on the forced
+        codes instead where they are given."""
         if self.act_spec.granularity != "token":
             raise ValueError("codes are recorded and replayed for per-token activation quantization only")
         q = quantize(y.detach(), self.act_spec, clip)
         if self.tie_room is not None:  # the value the quantizer rounds, as _codes computes it
             t = y.detach() / q.scale
             self.tie_room.append((0.5 - (t - torch.round(t)).abs()).float())
+        if self.recorded is not None:  # the path's own codes, whatever is forced
+            self.recorded.append(q)
         y = fake_quantize(y, self.act_spec, clip=clip)
         if self.forced is not None:
             where, codes = self.forced
-            q = Quantized(torch.where(where, codes.to(q.codes.dtype), q.codes), q.scale, q.zero)
-            y = torch.where(where, dequantize(q, self.act_spec, y.dtype), y)
-        if self.recorded is not None:
-            self.recorded.append(q)
+            forced = Quantized(torch.where(where, codes.to(q.codes.dtype), q.codes), q.scale, q.zero)
+            y = torch.where(where, dequantize(forced, self.act_spec, y.dtype), y)
         return y
 
 

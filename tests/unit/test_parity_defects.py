@@ -1,8 +1,8 @@
 """`check` catches real rewriter defects on tiny models, whatever the CPU's float order does to ties.
 
-The clean folder passes (tie replay absorbs the float-order ties: test_rewrite.py); each defect of
+The clean folder passes (replay absorbs the float-order ties: test_rewrite.py); each defect of
 parity_defects.py, made in one group of the same plan, fails: the packing order by the weights
-check before anything runs, the others by the tie replay (codes off by more than a tie, or logits
+check before anything runs, the others by the replay (codes off by more than a tie, or logits
 off once every code agrees).
 """
 
