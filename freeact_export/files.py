@@ -219,9 +219,14 @@ def _lock(path: Path) -> None:
             if os.path.samestat(os.fstat(fd), os.stat(lock_file)):
                 break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _locks[key] = (fd, lock_file)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as err:  # a full disk: no lock file left behind, and a line that names the folder
+        _unlock(path)
+        raise UserError(f"cannot write in {path.parent} ({err.strerror}); free some space or choose "
+                        "another folder") from None
 
 
 def _unlock(path: Path) -> None:

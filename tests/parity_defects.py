@@ -17,7 +17,7 @@ import torch
 
 from freeact_export import manifest
 from freeact_export.onnx_in.graph import load_onnx, read_onnx
-from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, save_graph
+from freeact_export.onnx_in.job import PORTABLE_GRAPH, load_rewritten, save_graph
 from freeact_export.rewrite import graphs, op_tensors
 
 
@@ -72,17 +72,17 @@ def _patched(defect: str, group: str) -> Iterator[None]:
 DEFECTS = ("packing_order_swapped", "type_gate_dropped", "factor_transposed", "weight_scale_wrong")
 
 
-def defective_copy(folder: Path, onnx_folder: Path, out: Path, defect: str, group: int) -> Path:
-    """A copy of the rewritten `folder` whose graphs were rewritten from `onnx_folder` with `defect` in the
-    plan's group number `group`."""
+def defective_copy(folder: Path, onnx_folder: Path, out: Path, defects: dict[str, tuple[str, int]]) -> Path:
+    """A copy of the rewritten `folder` whose graphs named in `defects` ("plugin.onnx", "portable.onnx") were
+    rewritten from `onnx_folder` with that (defect, plan group number); the others stay as they were."""
     shutil.copytree(folder, out)
     _, plan, _ = load_rewritten(out)
     onnx_model = load_onnx(onnx_folder / "model.onnx")
     full = read_onnx(onnx_model.path, "re-export it", external_data=True)
-    for name, portable in ((PLUGIN_GRAPH, False), (PORTABLE_GRAPH, True)):
+    for name, (defect, group) in defects.items():
         for stale in out.glob(f"{name}*"):
             stale.unlink()
         with _patched(defect, plan.groups[group].name):
-            save_graph(graphs.rewrite(onnx_model, full, plan, portable).model, out / name)
+            save_graph(graphs.rewrite(onnx_model, full, plan, name == PORTABLE_GRAPH).model, out / name)
     manifest.write(out, manifest.REWRITTEN_KIND, manifest.read(out, manifest.REWRITTEN_KIND)["model"])
     return out

@@ -19,11 +19,11 @@ What must hold:
               each within float rounding of its boundary), and the logits must agree to float
               precision. Without the simulation the two graphs are compared with each other (first
               differences tie-like, logits SQNR above LOGITS_MIN_SQNR_DB);
-  perplexity  the portable graph's (ONNX Runtime) against the simulation's, judged against the spread
-              of equally valid references: the same simulation with its transform in float64 moves
-              every window's loss by float-order noise alone; the portable graph may differ from the
-              float32 simulation by PERPLEXITY_Z standard errors of that noise, or by EVAL.md's 0.5 %,
-              whichever is larger (see _judge_perplexity).
+  perplexity  the portable graph's (ONNX Runtime) against the spread of equally valid references: the
+              simulation and the same simulation with its transform in float64 differ window by window
+              by float-order noise alone; the portable graph may differ from their mean by
+              PERPLEXITY_Z standard errors of that noise, or by EVAL.md's 0.5 %, whichever is larger
+              (see _judge_perplexity).
 Inputs and every runner's logits are saved with Polygraphy under DIR/check/ (polygraphy inspect
 data / run --load-inputs read them); the codes comparison is summarised in check.json.
 """
@@ -272,23 +272,26 @@ def _perplexities(portable: OrtLogits, simulated: SimulatedLogits | None, floor:
 
 
 def _judge_perplexity(reference: list[float], twin: list[float], candidate: list[float]) -> dict:
-    """Is the candidate's perplexity as close to the reference's as float order alone allows?
+    """Is the candidate's perplexity as close to the plan's as float order alone allows?
 
     log(perplexity) is the mean over windows of each window's mean loss (every window has the same
-    number of predictions), so log(ppl_candidate / ppl_reference) is the mean of per-window
-    differences. Between two equally valid runs (the float32 simulation and its float64-transform
-    twin) these differences are float-order noise: independent between windows (each window is its
-    own sequence) and centred on zero (neither rounding order is favoured). Their spread over the
-    windows gives the standard error of such a mean; a candidate passes within PERPLEXITY_Z of them,
-    or within EVAL.md's 0.5 % where float-order noise is smaller than that.
+    number of predictions), so a log-ratio of two perplexities is the mean of per-window differences.
+    The float32 simulation and its float64-transform twin are equally valid runs of the plan: their
+    per-window differences are float-order noise, independent between windows (each window is its own
+    sequence) and centred on zero (neither rounding order is favoured), with a per-run spread of
+    sd(twin - reference) / sqrt(2). The candidate is compared with the two references' mean, from which
+    an equally valid run differs by that spread times sqrt(1 + 1/2) per window; it passes within
+    PERPLEXITY_Z standard errors of that, or within EVAL.md's 0.5 % where float-order noise is smaller.
     """
-    ref, noise = np.asarray(reference), np.asarray(twin) - np.asarray(reference)
-    shift = float(np.mean(np.asarray(candidate) - ref))
-    # One window gives no spread: its own difference stands in for the standard error.
-    standard_error = float(np.std(noise, ddof=1) / math.sqrt(len(noise))) if len(noise) > 1 else abs(float(noise[0]))
+    ref, tw, cand = np.asarray(reference), np.asarray(twin), np.asarray(candidate)
+    shift = float(np.mean(cand - (ref + tw) / 2))
+    noise = tw - ref
+    # One window gives no spread: its own difference stands in for the per-run spread.
+    per_run = float(np.std(noise, ddof=1)) / math.sqrt(2) if len(noise) > 1 else abs(float(noise[0]))
+    standard_error = per_run * math.sqrt(1.5 / len(noise))
     tolerance = max(math.log1p(PERPLEXITY_RTOL), PERPLEXITY_Z * standard_error)
-    return {"log_ratio": shift, "float_order_standard_error": standard_error,
-            "float_order_twin_log_ratio": float(np.mean(noise)), "tolerance_log_ratio": tolerance,
+    return {"log_ratio_to_references": shift, "float_order_standard_error": standard_error,
+            "twin_log_ratio": float(np.mean(noise)), "tolerance_log_ratio": tolerance,
             "tolerance_relative": math.expm1(tolerance), "passed": abs(shift) <= tolerance}
 
 

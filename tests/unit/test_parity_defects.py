@@ -40,7 +40,9 @@ def test_check_catches_a_rewriter_defect(clean, tiny_text_file, defect, where):
     root, folder, typed_group = clean
     groups = Plan.load(folder / "plan").groups
     group = typed_group if where == "typed" else where % len(groups)
-    broken = defective_copy(folder, root / "llama-onnx", root / f"{defect}-{group}", defect, group)
+    graphs = ["plugin.onnx"] if defect == "packing_order_swapped" else ["plugin.onnx", "portable.onnx"]
+    broken = defective_copy(folder, root / "llama-onnx", root / f"{defect}-{group}",
+                            dict.fromkeys(graphs, (defect, group)))
     if defect == "packing_order_swapped":  # every plugin weight: refused before anything runs
         first = r"plugin\.onnx does not hold the plan's INT4 weights: the codes of model\.layers\.0\.self_attn\.q_proj"
         with pytest.raises(UserError, match=first):

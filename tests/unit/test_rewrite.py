@@ -67,7 +67,7 @@ def test_three_way_parity(exported, tiny_text_file, arch, method, bits):
         assert all(t["max_code_difference"] == 1 and t["max_tie_room"] < 1e-3 for t in comparison["replayed"])
         assert comparison["replayed_logits_sqnr_db"] > 100
     perplexity = record["perplexity"]
-    assert perplexity["passed"] and abs(perplexity["log_ratio"]) <= perplexity["tolerance_log_ratio"]
+    assert perplexity["passed"] and abs(perplexity["log_ratio_to_references"]) <= perplexity["tolerance_log_ratio"]
     assert all(w["layers_different"] == 0 and w["layers_checked"] == 7 * 2 for w in record["weights"].values())
     assert (out / "check" / "inputs.json").is_file() and (out / "check" / "outputs.json").is_file()
     if arch == "llama":
