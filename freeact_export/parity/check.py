@@ -263,6 +263,8 @@ def _perplexities(portable: OrtLogits, simulated: SimulatedLogits | None, floor:
             runs[name] = perplexity(runner, windows, progress)
             record[name] = runs[name].perplexity
             record[f"{name}_s"] = round(time.perf_counter() - start, 1)
+    # kept, so that the judgement below can be redone from check.json alone
+    record["window_nll_means"] = {name: run.window_nll_means for name, run in runs.items()}
     if simulated is not None:
         record["relative_difference"] = abs(record["portable"] / record["simulation"] - 1)
         record["floor_relative_difference"] = abs(record["floor"] / record["simulation"] - 1)
