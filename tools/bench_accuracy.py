@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=1024, help="eval window length (EVAL.md: 1024)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="folder for bench_accuracy.json / .md")
     parser.add_argument("--checkpoint", metavar="DIR",
@@ -68,7 +69,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "bench_accuracy.json"
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
-    spec = EvalSpec(seqlen=1024, windows=args.windows)
+    spec = EvalSpec(seqlen=args.seqlen, windows=args.windows)
     methods, bits = args.methods.split(","), args.bits.split(",")
     rules = args.types or ["sink=pos:1"]
     typed = [m for m in methods if m.removesuffix("+gptq") in TYPED] or ["freeact"]

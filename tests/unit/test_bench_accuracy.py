@@ -12,7 +12,8 @@ def test_bench_writes_table_records_and_plot(tmp_path, tiny_llama, tiny_text_fil
     out = tmp_path / "bench"
     cmd = [sys.executable, str(ROOT / "tools" / "bench_accuracy.py"), "--model", str(tiny_llama),
            "--corpus", str(tiny_text_file), "--methods", "rtn,quarot+gptq,freeact,freeact-general+gptq",
-           "--bits", "w4a4", "--types", "sink=pos:1", "--types", "single", "--windows", "2", "--device", "cpu",
+           "--bits", "w4a4", "--types", "sink=pos:1", "--types", "single", "--windows", "2", "--seqlen", "256",
+           "--device", "cpu",
            "--out", str(out), "--checkpoint", str(tmp_path / "learned")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
