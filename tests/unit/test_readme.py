@@ -58,3 +58,16 @@ def test_readme_gpu_preset_figures_match_their_record():
         assert (cell["preset"], cell["calibration"]["windows"], cell["calibration"]["seqlen"]) == ("gpu", 128, 1024)
         assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["eval"]["corpus"]) == (32, 1024, "wiki")
         assert f"**{cell['eval']['perplexity']:.2f}**" in README
+
+
+def test_readme_check_figures_match_their_record():
+    import json
+
+    folder = ROOT / "results" / "smollm2-135m" / "onnx-in-freeact-general-w4a4"
+    record = json.loads((folder / "check.json").read_text())
+    assert record["passed"]
+    ppl = record["perplexity"]
+    assert f"**{ppl['portable']:.3f}**" in README and f"{ppl['simulation']:.3f}, {ppl['floor']:.3f}" in README
+    assert f"limit {100 * ppl['tolerance_relative']:.2f} %" in README
+    replayed = " / ".join(f"{c['replayed_logits_sqnr_db']:.1f}" for c in record["comparisons"])
+    assert f"**{replayed} dB**" in README
