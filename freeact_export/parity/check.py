@@ -172,9 +172,10 @@ def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | Non
     floor = _logits_stats(results, "simulation", FLOOR_RUNNER, feeds) if simulated else None
     min_sqnr = min(LOGITS_MIN_SQNR_DB, floor["logits_sqnr_db"] - FLOOR_MARGIN_DB) if floor else LOGITS_MIN_SQNR_DB
     if simulated is not None:
-        plain = [it["logits"] for it in results["simulation"]]
-        comparisons = [replay(simulated, feeds, list(results[graph]), plain, group_names,
-                              packed and graph == "plugin", graph) for graph in ("plugin", "portable")]
+        # before replay, for the record: how far apart float order alone took the two
+        comparisons = [{"logits_sqnr_db": _logits_stats(results, "simulation", graph, feeds)["logits_sqnr_db"],
+                        **replay(simulated, feeds, list(results[graph]), group_names, packed and graph == "plugin",
+                                 graph)} for graph in ("plugin", "portable")]
     else:
         comparisons = [_compare_graphs(results, group_names, packed, feeds)]
     logits_only = RunResults()  # saved: the activation codes (GBs for a real model) are summarised in check.json

@@ -77,23 +77,22 @@ def _simulate(simulated: SimulatedLogits, feed: dict) -> tuple[np.ndarray, list[
     return logits, codes, rooms
 
 
-def replay(simulated: SimulatedLogits, feeds: list[dict], outputs: list[dict], plain: list[np.ndarray],
-           group_names: list[str], packed: bool, runner: str) -> dict:
+def replay(simulated: SimulatedLogits, feeds: list[dict], outputs: list[dict], group_names: list[str],
+           packed: bool, runner: str) -> dict:
     """Replay `runner`'s codes (its `outputs` on `feeds`) in the simulation; the comparison record.
 
     Args:
         simulated: the plan's simulation (its paths' forced codes are cleared again on return).
         feeds: the inputs every runner ran on.
         outputs: the runner's outputs per feed: logits and each group's codes (codes_name).
-        plain: the simulation's own logits per feed (for the record: how far apart the two were before).
         group_names: the plan's groups, in path order.
         packed: the runner returns packed INT4 codes (the plugin graph at W4A4).
         runner: its name, for the record.
     """
     ties, diverging = [], None
-    signal = noise = max_abs = raw_signal = raw_noise = 0.0
+    signal = noise = max_abs = 0.0
     try:
-        for batch, (feed, theirs_all, plain_logits) in enumerate(zip(feeds, outputs, plain, strict=True)):
+        for batch, (feed, theirs_all) in enumerate(zip(feeds, outputs, strict=True)):
             keep = feed["attention_mask"].astype(bool)  # padded rows feed nothing valid: not judged
             theirs = [runner_codes(theirs_all, i, packed) for i in range(len(group_names))]
             where = torch.from_numpy(np.ascontiguousarray(keep[..., None]))
@@ -112,21 +111,14 @@ def replay(simulated: SimulatedLogits, feeds: list[dict], outputs: list[dict], p
                 if diverging is None and not tie_like(count, step, ties[-1]["codes"], room):
                     diverging = f"{group_names[index]} ({codes_name(index)}, batch {batch}: {count} codes differ, " \
                                 f"up to {step} steps, up to {room:.2g} steps from a rounding boundary)"
-            lb = theirs_all["logits"][keep].astype(np.float64)
-            for ref, into in ((plain_logits, "raw"), (logits, "replayed")):
-                la = ref[keep].astype(np.float64)
-                if into == "raw":
-                    raw_signal += float((la**2).sum())
-                    raw_noise += float(((la - lb) ** 2).sum())
-                else:
-                    max_abs = max(max_abs, float(np.abs(la - lb).max()))
-                    signal += float((la**2).sum())
-                    noise += float(((la - lb) ** 2).sum())
+            la, lb = logits[keep].astype(np.float64), theirs_all["logits"][keep].astype(np.float64)
+            max_abs = max(max_abs, float(np.abs(la - lb).max()))
+            signal += float((la**2).sum())
+            noise += float(((la - lb) ** 2).sum())
     finally:
         for path in simulated.paths:
             path.forced = None
     sqnr = 10 * math.log10(signal / noise) if noise > 0 else math.inf
-    raw_sqnr = 10 * math.log10(raw_signal / raw_noise) if raw_noise > 0 else math.inf
-    return {"pair": ["simulation", runner], "logits_sqnr_db": raw_sqnr, "ties": len(ties), "replayed": ties,
+    return {"pair": ["simulation", runner], "ties": len(ties), "replayed": ties,
             "first_diverging": diverging, "replayed_logits_sqnr_db": sqnr, "replayed_logits_max_abs_diff": max_abs,
             "passed": bool(diverging is None and sqnr >= REPLAYED_MIN_SQNR_DB)}
