@@ -88,8 +88,8 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
         tokenizer: overrides the tokenizer that comes with the model (needed for a bare .onnx).
         progress: show a progress bar.
         plan: a plan folder from `quantize -o` executed on the PyTorch model.
-        runtime: with a plan, "torch" (fake-quant simulation) or "kernels" (the CUDA kernels
-            through the plugin library's C API; needs a CUDA GPU).
+        runtime: with a plan, "torch" (fake-quant simulation) or "kernels" (the Triton kernels of
+            both ops: JIT on a CUDA GPU, or Triton's interpreter on the CPU under TRITON_INTERPRET=1).
     """
     if runtime not in RUNTIMES:
         raise UserError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
@@ -97,10 +97,14 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
         if plan is None:
             raise UserError("--runtime kernels executes a quantization plan: give --plan DIR (a folder from "
                             "'freeact-export quantize ... -o DIR')")
-        if device not in ("auto", "cuda") or not torch.cuda.is_available():
-            raise UserError("--runtime kernels runs the CUDA kernels and needs --device cuda with a usable CUDA GPU; "
-                            "none is usable here (the simulation runs anywhere: --runtime torch)")
-        device = "cuda"
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--runtime kernels --device cuda needs a usable CUDA GPU, and none is here (the kernels "
+                            "also run on the CPU in Triton's interpreter: TRITON_INTERPRET=1 --device cpu, slowly)")
+        from freeact_export.kernels.launch import require_mode
+
+        require_mode(torch.device(device))  # before the model loads
     loaded = None if plan is None else _load_plan(plan)
     if model is None:
         if loaded is None or not loaded.info.get("model"):

@@ -69,8 +69,9 @@ def _add_eval(sub) -> None:
             where the tokenizer adds it by default. PyTorch models run in --dtype on --device;
             ONNX models run in ONNX Runtime with exact session options. With --plan (a folder
             from 'quantize -o') the PyTorch model executes the plan: --runtime torch simulates
-            it with fake quantization, --runtime kernels runs the real CUDA kernels
-            (FreeActQuantize + Int4MatMul from the plugin library, no TensorRT; --device cuda)."""),
+            it with fake quantization, --runtime kernels runs the real kernels (FreeActQuantize +
+            Int4MatMul, the Triton source the TensorRT plugins are compiled from; no TensorRT) on a
+            CUDA GPU, or on the CPU in Triton's interpreter with TRITON_INTERPRET=1 (slow)."""),
         epilog=textwrap.dedent("""\
             examples:
               freeact-export eval --model smollm2-135m --corpus wiki
@@ -91,7 +92,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--tokenizer", metavar="T", help="tokenizer source for an ONNX file that has none beside it")
     p.add_argument("--plan", metavar="DIR", help="execute this quantization plan (a folder from 'quantize -o')")
     p.add_argument("--runtime", default="torch", choices=["torch", "kernels"],
-                   help="with --plan: torch = fake-quant simulation, kernels = the CUDA kernels (default: torch)")
+                   help="with --plan: torch = fake-quant simulation, kernels = the Triton kernels (default: torch)")
     p.add_argument("--json", metavar="PATH", help="also write the full record (settings, per-window NLL) here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=_run_eval)

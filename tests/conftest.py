@@ -2,8 +2,14 @@ import os
 import shutil
 
 import pytest
+import torch
 
-from tiny_models import corpus_text, save_tiny_model
+# Without CUDA the Triton kernels run in Triton's interpreter. Triton decides that when
+# triton.language is first imported (transformers imports it), so it is set before anything else.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from tiny_models import corpus_text, save_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

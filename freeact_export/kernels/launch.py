@@ -40,7 +40,28 @@ def _shape_error(name: str, t: torch.Tensor, expected: str) -> ValueError:
     return ValueError(f"{name} has shape {list(t.shape)}, expected {expected}")
 
 
+def interpreter_active() -> bool:
+    """Whether Triton runs kernels in its interpreter in this process: decided when triton.language is
+    first imported (TRITON_INTERPRET=1 then), for Triton's own library functions as much as for ours."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.standard.max, InterpretedFunction)
+
+
+def require_mode(device: torch.device) -> None:
+    """UserError unless the kernels can run on `device` in this process (interpreter on the CPU, JIT on CUDA)."""
+    if device.type == "cpu" and not interpreter_active():
+        raise UserError("the kernels run on the CPU only in Triton's interpreter (slow; for tests and tiny models): "
+                        "start the process with TRITON_INTERPRET=1, or run on a CUDA GPU")
+    if device.type == "cuda" and interpreter_active():
+        raise UserError("TRITON_INTERPRET=1 is set, so Triton cannot compile the kernels for the GPU: unset it")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"the kernels run on a CUDA GPU or (interpreted) on the CPU, not on {device}")
+
+
 def _kernels(device: torch.device) -> dict:
+    require_mode(device)
     return variants.kernels(interpret=device.type == "cpu")
 
 

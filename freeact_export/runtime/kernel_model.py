@@ -1,4 +1,4 @@
-"""Execute a quantization plan on a PyTorch model with the real CUDA kernels (no TensorRT).
+"""Execute a quantization plan on a PyTorch model with the Triton kernels (no TensorRT).
 
 The same wiring as the fake-quant simulation (simulate/fake_quant.py), with the two custom ops in
 place of fake quantization: every planned group's consumers are replaced by explicit modules that
@@ -9,9 +9,11 @@ input ids exactly as the simulation does and read by every group.
 
 W4A16 plans (no activation quantizer) have no FreeActQuantize: the plugin graph applies the
 transform in floating point and multiplies with DequantizeLinear INT4 weights, which TensorRT runs
-natively. Here likewise: the op-form transform in float32 torch, then a torch matmul with the
-dequantized weight (plan codes x scales, in the model's dtype). The INT4 weights are not kept
-packed on that path; it measures accuracy, not W4A16 speed.
+natively. Here the op-form transform runs in float32 torch and Int4MatMul's W4A16 variant
+multiplies it with the packed INT4 weights (act_bits 16).
+
+The kernels run where the model is: JIT-compiled on a CUDA GPU, or by Triton's interpreter on
+the CPU (TRITON_INTERPRET=1; slow, for tests on tiny models).
 
 Layers outside the plan (embeddings, lm_head, norms, attention) stay as they are.
 """
@@ -20,16 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from freeact_export.calibrate.stats import TypeContext
 from freeact_export.config import QuantSpec
 from freeact_export.errors import UserError
+from freeact_export.kernels import launch
 from freeact_export.module_surgery import swap_module
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
-from freeact_export.quantize.quantizers import Quantized, dequantize
 from freeact_export.rewrite.op_tensors import activation_tensors, weight_tensors
-from freeact_export.runtime import kernels
 from freeact_export.token_types import TokenTypes
 from freeact_export.transforms.apply import kron_apply
 
@@ -77,7 +77,7 @@ class _SharedInput(torch.nn.Module):
 
 
 class QuantizeInput(_SharedInput):
-    """FreeActQuantize of a group's input: (codes, scale) from the CUDA kernel."""
+    """FreeActQuantize of a group's input: (codes, scale) from the kernel."""
 
     def __init__(self, group: GroupPlan, act_spec: QuantSpec, num_types: int, context: TypeContext,
                  device: torch.device):
@@ -85,8 +85,8 @@ class QuantizeInput(_SharedInput):
         self.bits = act_spec.bits
 
     def compute(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return kernels.freeact_quantize(x.contiguous(), self.types_for(x), self.smooth, self.kron_1, self.kron_2,
-                                        self.masks, self.clip, self.bits, self.kronecker)
+        return launch.freeact_quantize(x.contiguous(), self.types_for(x), self.smooth, self.kron_1, self.kron_2,
+                                       self.masks, self.clip, self.bits, self.kronecker)
 
 
 class FloatTransformInput(_SharedInput):
@@ -109,9 +109,9 @@ class FloatTransformInput(_SharedInput):
 
 
 class Int4Linear(torch.nn.Module):
-    """One consumer: Int4MatMul of the group's codes with this layer's packed INT4 weight."""
+    """One consumer: Int4MatMul of the group's codes (W4A16: of its transformed input) with this layer's INT4 weight."""
 
-    def __init__(self, source: QuantizeInput, linear: LinearPlan, group: GroupPlan, act_bits: int,
+    def __init__(self, source: _SharedInput, linear: LinearPlan, group: GroupPlan, act_bits: int,
                  device: torch.device):
         super().__init__()
         self.source = source
@@ -123,22 +123,12 @@ class Int4Linear(torch.nn.Module):
         self.register_buffer("bias", None if linear.bias is None else torch.from_numpy(wt["bias"]).to(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        codes, scale = self.source(x)
-        return kernels.int4_matmul(codes, scale, self.weight, self.weight_scale, self.bias, self.act_bits,
-                                   self.group_size, out_dtype=x.dtype)
-
-
-class DequantizedLinear(torch.nn.Module):
-    """A W4A16 consumer: the transformed input times the dequantized INT4 weight, in torch."""
-
-    def __init__(self, source: FloatTransformInput, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.source = source
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.source(x).to(x.dtype), self.weight, self.bias)
+        if self.act_bits == 16:
+            codes, scale = self.source(x).contiguous(), None
+        else:
+            codes, scale = self.source(x)
+        return launch.int4_matmul(codes, scale, self.weight, self.weight_scale, self.bias, self.act_bits,
+                                  self.group_size, out_dtype=x.dtype)
 
 
 def _check_plan(model: torch.nn.Module, plan: Plan) -> None:
@@ -162,25 +152,20 @@ def install_kernels(model: torch.nn.Module, plan: Plan, context: TypeContext) ->
     """
     _check_plan(model, plan)
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    if plan.act_spec is not None and device.type != "cuda":  # W4A16 has no kernel to run: any device
-        raise UserError(f"the kernels run on a CUDA device; the model is on {device}")
+    launch.require_mode(device)
     for group in plan.groups:
         if plan.act_spec is None:
             source = FloatTransformInput(group, context.num_types, context, device)
-            for lin in group.linears:
-                weight = dequantize(Quantized(lin.codes, lin.scale, lin.zero), group.weight_spec)
-                bias = None if lin.bias is None else lin.bias.to(device, dtype)
-                swap_module(model, lin.name, DequantizedLinear(source, weight.to(device, dtype), bias))
         else:
             source = QuantizeInput(group, plan.act_spec, context.num_types, context, device)
-            for lin in group.linears:
-                swap_module(model, lin.name, Int4Linear(source, lin, group, plan.act_spec.bits, device))
+        for lin in group.linears:
+            act_bits = 16 if plan.act_spec is None else plan.act_spec.bits
+            swap_module(model, lin.name, Int4Linear(source, lin, group, act_bits, device))
     return model
 
 
 class KernelLogits:
-    """LogitsRunner that runs a plan with the CUDA kernels: token types from the inputs, then a forward.
+    """LogitsRunner that runs a plan with the Triton kernels: token types from the inputs, then a forward.
 
     Takes ownership of `model` (its planned linears are replaced in place).
     """
