@@ -1,4 +1,4 @@
-"""Kernel benchmark: Int4MatMul, FreeActQuantize and the pair against torch fp16 (cuBLAS) and torch's int4 kernel.
+"""Kernel benchmark: the Triton Int4MatMul, FreeActQuantize and the pair against fp16 cuBLAS, FP8 and torch's int4.
 
 For every (K, N) and token count, in one run on one GPU: the median time over --iters timed
 iterations (CUDA events) with the L2 cache flushed before each (a buffer of at least twice the
@@ -9,7 +9,9 @@ tensor copy, read + write), and TOPS. Ratios are of times measured in the same r
     python tools/bench_kernels.py --out results/kernels-h100
     python tools/bench_kernels.py --quick --out /tmp/bench      # a short smoke run
 
-Baselines: `torch.mm` in fp16 (cuBLAS; x [t, K] times Wᵀ), and torch's int4 weight-only kernel
+Baselines: `torch.mm` in fp16 (cuBLAS; x [t, K] times Wᵀ), FP8 `torch._scaled_mm` (e4m3 operands,
+per-tensor scales, fp16 output: what an H100 user would pick instead; it needs a token count that is
+a multiple of 16), and torch's int4 weight-only kernel
 (`aten._weight_int4pack_mm`, W4A16 with bf16 activations, groups of 128 — 64 where 128 does not
 divide K — the only layout it takes). Int4MatMul runs with INT4 activations per token and INT4
 weights per output channel (EVAL.md W4A4), fp16 output; FreeActQuantize takes fp16 x with
@@ -33,8 +35,9 @@ SHAPES = ((576, 1536), (4096, 4096), (4096, 14336), (14336, 4096))
 TOKENS = (1, 16, 128, 2048)
 QUICK_SHAPES = ((4096, 4096),)
 QUICK_TOKENS = (1, 128)
-OPS = ("fp16", "torch_int4", "int4_matmul", "freeact_quantize", "pair")
-OP_LABELS = {"fp16": "fp16 cuBLAS", "torch_int4": "torch int4 (W4A16)", "int4_matmul": "Int4MatMul",
+OPS = ("fp16", "fp8", "torch_int4", "int4_matmul", "freeact_quantize", "pair")
+OP_LABELS = {"fp16": "fp16 cuBLAS", "fp8": "FP8 _scaled_mm", "torch_int4": "torch int4 (W4A16)",
+             "int4_matmul": "Int4MatMul",
              "freeact_quantize": "FreeActQuantize", "pair": "FreeActQuantize + Int4MatMul"}
 MIN_FLUSH_BYTES = 128 * 2**20
 
@@ -73,7 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, help="timed iterations per measurement (default: 50; --quick 10)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default: 5)")
     parser.add_argument("--act-bits", type=int, default=4, choices=[4, 8], help="activation codes (default: 4)")
-    parser.add_argument("--library", help="plugin library (default: FREEACT_PLUGIN_LIB or the build folder)")
     args = parser.parse_args(argv)
     args.shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     args.tokens = args.tokens or (QUICK_TOKENS if args.quick else TOKENS)
@@ -98,6 +100,8 @@ def traffic_bytes(op: str, k: int, n: int, tokens: int, act_bits: int = 4, d1: i
     matmul = n * k // 2 + n * 4 + codes + tokens * n * 2  # INT4 weight, its scales, codes, fp16 y
     if op == "fp16":
         return 2 * (tokens * k + n * k + tokens * n)
+    if op == "fp8":
+        return tokens * k + n * k + 2 * tokens * n
     if op == "torch_int4":
         return n * k // 2 + (k // torch_int4_group(k)) * n * 4 + 2 * tokens * k + 2 * tokens * n
     if op == "int4_matmul":
@@ -113,7 +117,7 @@ def operations(op: str, k: int, n: int, tokens: int, d1: int = 1, d2: int = 1) -
     """Arithmetic operations (multiply + add = 2): the GEMM's 2·t·K·N, the transform's 2·t·K·(d1 + d2)."""
     gemm = 2 * tokens * k * n
     transform = 2 * tokens * k * (d1 + d2)
-    return {"fp16": gemm, "torch_int4": gemm, "int4_matmul": gemm, "freeact_quantize": transform,
+    return {"fp16": gemm, "fp8": gemm, "torch_int4": gemm, "int4_matmul": gemm, "freeact_quantize": transform,
             "pair": gemm + transform}[op]
 
 
@@ -133,7 +137,7 @@ def derive(results: dict) -> list[dict]:
                                  "tops": rec["operations"] / seconds / 1e12}
     for row in rows.values():
         ops = row["ops"]
-        for base in ("fp16", "torch_int4"):
+        for base in ("fp16", "fp8", "torch_int4"):
             if "median_ms" not in ops.get(base, {}):
                 continue
             for op in ("int4_matmul", "pair", "torch_int4"):
@@ -157,10 +161,10 @@ def markdown_table(results: dict) -> str:
              f"{results['copy_gbps']:.0f} GB/s (read + write, measured in this run); "
              f"Int4MatMul with INT{results['act_bits']} activations, per-channel INT4 weights, fp16 output.",
              "",
-             "| K x N | tokens | fp16 cuBLAS µs | torch int4 µs | Int4MatMul µs | FreeActQuantize µs | pair µs "
-             "| Int4MatMul / fp16 | pair / fp16 | Int4MatMul / torch int4 | Int4MatMul GB/s (of copy) "
-             "| Int4MatMul TOPS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| K x N | tokens | fp16 cuBLAS µs | FP8 µs | torch int4 µs | Int4MatMul µs | FreeActQuantize µs "
+             "| pair µs | Int4MatMul / fp16 | pair / fp16 | Int4MatMul / FP8 | Int4MatMul / torch int4 "
+             "| Int4MatMul GB/s (of copy) | FreeActQuantize GB/s (of copy) | Int4MatMul TOPS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ratio(row: dict, key: str) -> str:
         return f"{row[key]:.2f}x" if key in row else "–"
@@ -168,12 +172,15 @@ def markdown_table(results: dict) -> str:
     for row in rows:
         ops = row["ops"]
         mm = ops.get("int4_matmul", {})
+        fq = ops.get("freeact_quantize", {})
         bandwidth = (f"{mm['gbps']:.0f} ({100 * mm['copy_fraction']:.0f} %)" if "gbps" in mm else "–")
+        fq_bandwidth = (f"{fq['gbps']:.0f} ({100 * fq['copy_fraction']:.0f} %)" if "gbps" in fq else "–")
         tops = f"{mm['tops']:.1f}" if "tops" in mm else "–"
-        lines.append(f"| {row['k']} x {row['n']} | {row['tokens']} | {_us(ops.get('fp16'))} | "
-                     f"{_us(ops.get('torch_int4'))} | {_us(mm)} | {_us(ops.get('freeact_quantize'))} | "
+        lines.append(f"| {row['k']} x {row['n']} | {row['tokens']} | {_us(ops.get('fp16'))} | {_us(ops.get('fp8'))} | "
+                     f"{_us(ops.get('torch_int4'))} | {_us(mm)} | {_us(fq)} | "
                      f"{_us(ops.get('pair'))} | {ratio(row, 'int4_matmul_vs_fp16')} | {ratio(row, 'pair_vs_fp16')} | "
-                     f"{ratio(row, 'int4_matmul_vs_torch_int4')} | {bandwidth} | {tops} |")
+                     f"{ratio(row, 'int4_matmul_vs_fp8')} | {ratio(row, 'int4_matmul_vs_torch_int4')} | {bandwidth} | "
+                     f"{fq_bandwidth} | {tops} |")
     errors = sorted({f"{OP_LABELS[r['op']]}: {r['error']}" for r in results["records"] if r.get("error")})
     if errors:
         lines += ["", *(f"n/a: {e}" for e in errors)]
@@ -261,12 +268,13 @@ def _torch_int4_weight(torch, codes, k: int):
     return weight, scales_zeros, group
 
 
-def _shape_records(torch, kernels, k: int, n: int, tokens_list, act_bits: int, time_fn) -> list[dict]:
+def _shape_records(torch, launch, k: int, n: int, tokens_list, act_bits: int, time_fn) -> list[dict]:
     from freeact_export.quantize.freeact import kron_dims
 
     d1, d2 = kron_dims(k)
     gen = torch.Generator(device="cuda").manual_seed(0)
     w16 = torch.randn(n, k, device="cuda", dtype=torch.float16, generator=gen) * 0.02
+    w8, unit = w16.to(torch.float8_e4m3fn), torch.ones((), device="cuda")
     codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8, generator=gen)
     packed = ((codes[:, 0::2] & 0xF) | ((codes[:, 1::2] & 0xF) << 4)).to(torch.int8).contiguous()
     weight_scale = torch.full((n, 1), 0.01, device="cuda")
@@ -282,20 +290,21 @@ def _shape_records(torch, kernels, k: int, n: int, tokens_list, act_bits: int, t
     records = []
     for tokens in tokens_list:
         x = torch.randn(tokens, k, device="cuda", dtype=torch.float16, generator=gen)
-        x_bf16 = x.to(torch.bfloat16)
+        x_bf16, x8 = x.to(torch.bfloat16), x.to(torch.float8_e4m3fn)
         types = torch.zeros(tokens, dtype=torch.int32, device="cuda")
-        a_codes, a_scale = kernels.freeact_quantize(x, types, smooth, kron_1, kron_2, masks, clip, act_bits, 1)
+        a_codes, a_scale = launch.freeact_quantize(x, types, smooth, kron_1, kron_2, masks, clip, act_bits, 1)
 
         def pair(x=x, types=types):
-            c, s = kernels.freeact_quantize(x, types, smooth, kron_1, kron_2, masks, clip, act_bits, 1)
-            return kernels.int4_matmul(c, s, packed, weight_scale, None, act_bits, 0, torch.float16)
+            c, s = launch.freeact_quantize(x, types, smooth, kron_1, kron_2, masks, clip, act_bits, 1)
+            return launch.int4_matmul(c, s, packed, weight_scale, None, act_bits, 0, torch.float16)
 
         fns = {
             "fp16": lambda x=x: torch.mm(x, w16.t()),
-            "int4_matmul": lambda c=a_codes, s=a_scale: kernels.int4_matmul(c, s, packed, weight_scale, None, act_bits,
-                                                                            0, torch.float16),
-            "freeact_quantize": lambda x=x, types=types: kernels.freeact_quantize(x, types, smooth, kron_1, kron_2,
-                                                                                  masks, clip, act_bits, 1),
+            "fp8": lambda x8=x8: torch._scaled_mm(x8, w8.t(), scale_a=unit, scale_b=unit, out_dtype=torch.float16),
+            "int4_matmul": lambda c=a_codes, s=a_scale: launch.int4_matmul(c, s, packed, weight_scale, None, act_bits,
+                                                                           0, torch.float16),
+            "freeact_quantize": lambda x=x, types=types: launch.freeact_quantize(x, types, smooth, kron_1, kron_2,
+                                                                                 masks, clip, act_bits, 1),
             "pair": pair,
         }
         if int4_error is None:
@@ -322,9 +331,8 @@ def _shape_records(torch, kernels, k: int, n: int, tokens_list, act_bits: int, t
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from freeact_export.runtime import kernels
+    from freeact_export.kernels import launch
 
-    kernels.load_library(args.library)
     props = torch.cuda.get_device_properties(0)
     l2 = int(getattr(props, "L2_cache_size", 0) or 0)
     flush_bytes = max(MIN_FLUSH_BYTES, 2 * l2)
@@ -335,12 +343,18 @@ def measure(args: argparse.Namespace) -> dict:
           f"flushing {flush_bytes / 2**20:.0f} MB", flush=True)
     records = []
     for k, n in args.shapes:
-        records += _shape_records(torch, kernels, k, n, args.tokens, args.act_bits, time_fn)
+        records += _shape_records(torch, launch, k, n, args.tokens, args.act_bits, time_fn)
     return {"gpu": props.name, "capability": f"sm_{props.major}{props.minor}", "torch": torch.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
-            "library": str(kernels.library_file(args.library)), "copy_gbps": copy_gbps, "l2_bytes": l2,
+            "triton": _triton_version(), "copy_gbps": copy_gbps, "l2_bytes": l2,
             "flush_bytes": flush_bytes, "iters": args.iters, "warmup": args.warmup, "act_bits": args.act_bits,
             "shapes": [list(s) for s in args.shapes], "tokens": list(args.tokens), "records": records}
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ def synthetic_results() -> dict:
     records = []
     for k, n in ((576, 1536), (4096, 4096)):
         for tokens in (1, 128):
-            times = {"fp16": 0.020, "torch_int4": 0.010, "int4_matmul": 0.005, "freeact_quantize": 0.002,
+            times = {"fp16": 0.020, "fp8": 0.012, "torch_int4": 0.010, "int4_matmul": 0.005, "freeact_quantize": 0.002,
                      "pair": 0.008}
             for op in bench.OPS:
                 rec = {"k": k, "n": n, "tokens": tokens, "op": op, "bytes": 10**6, "operations": 10**9}
@@ -88,8 +88,9 @@ def test_table_json_and_plot_are_written_with_the_gpu_name(tmp_path):
     assert [p.name for p in paths] == ["bench_kernels.json", "bench_kernels.md", "bench_kernels.png"]
     table = paths[1].read_text()
     assert "SYNTHETIC GPU (no measurement)" in table
-    assert "| 4096 x 4096 | 128 | 20.0 | 10.0 | 5.0 | 2.0 | 8.0 | 4.00x | 2.50x | 2.00x | 200 (10 %) | 200.0 |" in table
-    assert "| 576 x 1536 | 1 | 20.0 | n/a |" in table
+    assert ("| 4096 x 4096 | 128 | 20.0 | 12.0 | 10.0 | 5.0 | 2.0 | 8.0 | 4.00x | 2.50x | 2.40x | 2.00x | 200 (10 %) "
+            "| 500 (25 %) | 200.0 |") in table
+    assert "| 576 x 1536 | 1 | 20.0 | 12.0 | n/a |" in table
     assert "n/a: torch int4 (W4A16): RuntimeError: synthetic refusal" in table
     saved = json.loads(paths[0].read_text())
     assert saved["gpu"] == results["gpu"] and len(saved["rows"]) == 4
