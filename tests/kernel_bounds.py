@@ -122,3 +122,28 @@ def matmul_reference(a, scale, w, ws, bias, group_size):
     steps = groups + k // variants.MIN_SPLIT_K + 3 + (k if scale is None else 0)
     size = (np.abs(a).astype(np.float64) @ (np.abs(w) * np.repeat(ws, seg, axis=1)).T.astype(np.float64)) * np.abs(s)
     return y, gamma(steps) * (size + np.abs(bias)) + U * np.abs(y)
+
+
+def check_real_layers(path, device: torch.device) -> int:
+    """Both kernels on the layers tools/real_layers.py saved, against the reference; returns how many layers."""
+    from freeact_export.kernels import launch
+
+    saved = np.load(path)
+    names = sorted({key.rsplit("/", 1)[0] for key in saved.files})
+    for name in names:
+        get = lambda key, name=name: saved[f"{name}/{key}"]  # noqa: E731
+        on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        inputs = [get(k) for k in ("x", "types", "smooth", "kron_1", "kron_2", "masks", "clip")]
+        bits, kronecker, group = (int(get(k)) for k in ("bits", "kronecker", "group_size"))
+        codes, scale = launch.freeact_quantize(*(on(a) for a in inputs), bits, kronecker)
+        assert_quantize_matches((codes.cpu(), scale.cpu()), inputs, bits, kronecker)
+        # Int4MatMul on the reference's codes: the layer's output within fp32 rounding of the exact one
+        ref_codes, ref_scale = reference.freeact_quantize(*inputs, bits, kronecker)
+        a = reference.unpack_int4(ref_codes) if bits == 4 else ref_codes
+        y = launch.int4_matmul(on(ref_codes), on(ref_scale), on(get("weight")), on(get("weight_scale")),
+                               on(get("bias")), bits, group)
+        exact, bound = matmul_reference(a, ref_scale, reference.unpack_int4(get("weight")), get("weight_scale"),
+                                        get("bias"), group)
+        err = np.abs(y.cpu().numpy().astype(np.float64) - exact)
+        assert (err <= bound).all(), f"{name}: max error {err.max():.3g}"
+    return len(names)

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from kernel_bounds import assert_quantize_matches, matmul_reference
+from kernel_bounds import assert_quantize_matches, check_real_layers, matmul_reference
 
 from freeact_export.kernels import launch
 from freeact_export.ops import reference
@@ -168,24 +168,7 @@ def test_kernels_run_on_the_current_stream():
 @pytest.mark.skipif(not os.environ.get("FREEACT_REAL_LAYERS"),
                     reason="FREEACT_REAL_LAYERS (a file from tools/real_layers.py) is not set")
 def test_real_model_layers_through_the_kernels():
-    saved = np.load(os.environ["FREEACT_REAL_LAYERS"])
-    names = sorted({key.split("/")[0] for key in saved.files})
-    assert names, "the real-layers file holds no layer"
-    for name in names:
-        get = lambda key, name=name: saved[f"{name}/{key}"]  # noqa: E731
-        inputs = [get(k) for k in ("x", "types", "smooth", "kron_1", "kron_2", "masks", "clip")]
-        bits, kronecker, group = (int(get(k)) for k in ("bits", "kronecker", "group_size"))
-        codes, scale = launch.freeact_quantize(*(_gpu(a) for a in inputs), bits, kronecker)
-        assert_quantize_matches((codes.cpu(), scale.cpu()), inputs, bits, kronecker)
-        # Int4MatMul on the reference's codes: the layer's output within fp32 rounding of the float64 one
-        ref_codes, ref_scale = reference.freeact_quantize(*inputs, bits, kronecker)
-        a = reference.unpack_int4(ref_codes) if bits == 4 else ref_codes
-        y = launch.int4_matmul(_gpu(ref_codes), _gpu(ref_scale), _gpu(get("weight")), _gpu(get("weight_scale")),
-                               _gpu(get("bias")), bits, group)
-        w = reference.unpack_int4(get("weight"))
-        exact, bound = matmul_reference(a, ref_scale, w, get("weight_scale"), get("bias"), group)
-        err = np.abs(y.cpu().numpy().astype(np.float64) - exact)
-        assert (err <= bound).all(), f"{name}: max error {err.max():.3g}"
+    assert check_real_layers(os.environ["FREEACT_REAL_LAYERS"], torch.device("cuda")) >= 8
 
 
 # A whole model: what `freeact-export eval --plan DIR --runtime kernels` measures (where smollm2 is installed).
