@@ -38,19 +38,19 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def plugin_build(tmp_path_factory):
-    """plugins_trt built once per test run (library, host test, kernel math test) in a temporary folder.
+    """plugins_trt built once per test run (library, host test, plan test) in a temporary folder.
 
-    One CUDA architecture: the CPU tests check that the sources compile and link and that the
-    interfaces hold; nvcc's time grows with every architecture, and the default four
-    (80;87;89;90) are built by plugins_trt's README command. Skipped where nvcc or cmake is missing.
+    Every default architecture (80;86;87;89;90;100;110;120), as CI must build them all: the kernels
+    are Triton kernels compiled ahead of time without a GPU, and compiled cubins are cached
+    (~/.cache/freeact-export/aot), so after the first run the build is the C++ compile only.
+    Skipped only where cmake is missing.
     """
     from freeact_export.runtime import plugin_lib
 
-    missing = [tool for tool in ("nvcc", "cmake") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"building plugins_trt needs {' and '.join(missing)}")
+    if shutil.which("cmake") is None:
+        pytest.skip("building plugins_trt needs cmake")
     folder = tmp_path_factory.mktemp("plugins_trt_build")
-    plugin_lib.build(folder, cuda_archs="80", jobs=2)
+    plugin_lib.build(folder, jobs=2)
     return folder
 
 

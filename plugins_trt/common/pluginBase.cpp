@@ -48,7 +48,7 @@ int32_t PluginBase::getNbOutputs() const noexcept
 size_t PluginBase::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
     nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
-    return 0; // the launchers need no scratch memory
+    return 0; // FreeActQuantize needs no scratch memory; Int4MatMul overrides this for split-K
 }
 
 nvinfer1::IPluginV3* PluginBase::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept

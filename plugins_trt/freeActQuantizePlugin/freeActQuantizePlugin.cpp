@@ -1,7 +1,5 @@
 #include "freeActQuantizePlugin.h"
 
-#include "../kernels/quantizeLaunchPlan.h"
-
 namespace freeact
 {
 namespace plugin
@@ -51,29 +49,20 @@ void requireSupported(int32_t pos, nvinfer1::PluginTensorDesc const& desc)
     }
 }
 
-//! Refuses, before any enqueue, a token size no kernel can run on the current GPU: the kernels keep at
-//! least one token row in shared memory (quantizeLaunchPlan.h). Without a CUDA device (building the
-//! plugin graph on a CPU machine, the host test) there is nothing to check against.
+//! Refuses, before any enqueue, a shape no kernel runs: Kronecker factors no tile of the ahead-of-time
+//! cubins holds, or an odd right factor with INT4 packing (aotLaunch.h). Needs no GPU. On a GPU, also
+//! a device the library holds no cubins for (without a current CUDA context there is nothing to check).
 void requireLaunchable(QuantizeShape const& shape)
 {
-    if (shape.d <= 0 || shape.d1 <= 0 || shape.d2 <= 0)
+    std::string const why = quantizeUnsupported(shape);
+    if (!why.empty())
     {
-        return; // not known yet
+        fail(why);
     }
-    int device = 0;
-    size_t budget = 0;
-    if (quantizeSmemBudget(&device, &budget) != cudaSuccess)
+    std::string const device = currentDeviceUnsupported();
+    if (!device.empty())
     {
-        cudaGetLastError(); // no device here: leave no error behind for the caller's next CUDA call
-        return;
-    }
-    launch::QuantizeLaunchPlan const plan
-        = launch::planQuantizeLaunch(shape.kronecker, shape.d, shape.d1, shape.d2, 1, budget);
-    if (plan.kernel == launch::QuantizeKernel::kNONE)
-    {
-        fail("d=" + std::to_string(shape.d) + " needs " + std::to_string(plan.smemBytes)
-            + " bytes of shared memory per token row, and this GPU (device " + std::to_string(device) + ") allows "
-            + std::to_string(budget) + "; run this model on a GPU with more shared memory per block");
+        fail(device);
     }
 }
 
@@ -340,15 +329,14 @@ int32_t FreeActQuantizePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDe
         {
             return kSTATUS_SUCCESS;
         }
-        cudaError_t const status = launchFreeActQuantize(inputs[kX], floatTypeOf(inputDesc[kX].type),
+        std::string const error = launchFreeActQuantize(inputs[kX], floatTypeOf(inputDesc[kX].type),
             static_cast<int32_t const*>(inputs[kTYPES]), static_cast<float const*>(inputs[kSMOOTH]),
             static_cast<float const*>(inputs[kKRON1]), static_cast<float const*>(inputs[kKRON2]),
             static_cast<float const*>(inputs[kMASKS]), static_cast<float const*>(inputs[kCLIP]), shape,
             static_cast<int8_t*>(outputs[kCODES]), static_cast<float*>(outputs[kSCALE]), stream);
-        if (status != cudaSuccess)
+        if (!error.empty())
         {
-            fail(std::string("launchFreeActQuantize failed: ") + cudaGetErrorName(status) + " ("
-                + cudaGetErrorString(status) + ")");
+            fail(error);
         }
         return kSTATUS_SUCCESS;
     });

@@ -5,7 +5,7 @@
 #pragma once
 
 #include "../common/pluginBase.h"
-#include "../kernels/freeActKernels.h"
+#include "../kernels/aotLaunch.h"
 
 namespace freeact
 {

@@ -1,7 +1,5 @@
 #include "int4MatMulPlugin.h"
 
-#include "../kernels/freeActMath.cuh"
-
 namespace freeact
 {
 namespace plugin
@@ -23,7 +21,8 @@ constexpr int32_t kNB_OUTPUTS = 1;
 
 char const* const kTENSOR_NAMES[kNB_INPUTS + kNB_OUTPUTS] = {"codes", "scale", "weight", "weight_scale", "bias", "y"};
 
-//! The schema's dtypes (y may also be float16), linear layout only; pos counts inputs, then outputs.
+//! The schema's dtypes, linear layout only; pos counts inputs, then outputs. y is float32 only: the
+//! ahead-of-time cubins write float32 (aot.py compiles out_ptr as *fp32).
 bool supportedDesc(int32_t pos, nvinfer1::PluginTensorDesc const& desc) noexcept
 {
     if (desc.format != nvinfer1::TensorFormat::kLINEAR)
@@ -34,8 +33,7 @@ bool supportedDesc(int32_t pos, nvinfer1::PluginTensorDesc const& desc) noexcept
     {
     case kCODES:
     case kWEIGHT: return desc.type == DataType::kINT8;
-    case kNB_INPUTS + kY: return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF;
-    default: return desc.type == DataType::kFLOAT; // scale, weight_scale, bias
+    default: return desc.type == DataType::kFLOAT; // scale, weight_scale, bias, y
     }
 }
 
@@ -44,16 +42,6 @@ void requireSupported(int32_t pos, nvinfer1::PluginTensorDesc const& desc)
     if (!supportedDesc(pos, desc))
     {
         fail(std::string(kTENSOR_NAMES[pos]) + " has an unsupported type or format (see the Int4MatMul schema)");
-    }
-}
-
-FloatType floatTypeOf(DataType type)
-{
-    switch (type)
-    {
-    case DataType::kFLOAT: return FloatType::kFLOAT32;
-    case DataType::kHALF: return FloatType::kFLOAT16;
-    default: fail("y must be float32 or float16");
     }
 }
 
@@ -106,11 +94,11 @@ MatMulShape matMulShapeOf(Dims const* in, int32_t nbInputs, int32_t actBits, int
     {
         fail("d must be even (packed INT4 weights), got " + std::to_string(k));
     }
-    if (k > math::kMaxInnerDim)
+    if (k > kMaxInnerDim)
     {
-        // The kernels' int32 sums of x16-scaled products are exact up to this inner dimension.
+        // The kernels' int32 segment sums are exact up to this inner dimension (aotLaunch.h).
         fail("d=" + std::to_string(k) + " exceeds the largest inner dimension the kernels sum exactly ("
-            + std::to_string(math::kMaxInnerDim) + ")");
+            + std::to_string(kMaxInnerDim) + ")");
     }
     requireRank(in[kWEIGHT_SCALE], 2, "weight_scale", "[n, G]");
     sameExtent(in[kWEIGHT_SCALE].d[0], n, "weight_scale must have one row per output channel");
@@ -163,9 +151,7 @@ int32_t Int4MatMulPlugin::getOutputDataTypes(
     return guard("getOutputDataTypes", [&] {
         require(outputTypes != nullptr && nbOutputs == kNB_OUTPUTS, "expects 1 output (y)");
         require(inputTypes != nullptr && nbInputs == kNB_INPUTS, "expects 5 inputs");
-        // The schema's y is float32; float16 is accepted only where TensorRT picks it through
-        // supportsFormatCombination.
-        outputTypes[kY] = DataType::kFLOAT;
+        outputTypes[kY] = DataType::kFLOAT; // the schema's y, and the only one the cubins write
         return kSTATUS_SUCCESS;
     });
 }
@@ -217,6 +203,11 @@ int32_t Int4MatMulPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc cons
         requireSupported(kNB_INPUTS + kY, out[kY].desc);
         MatMulShape const shape = matMulShapeOf(inDims, nbInputs, attribute("act_bits"), attribute("group_size"));
         checkOutput(shape, inDims[kCODES], out[kY].desc.dims);
+        std::string const device = currentDeviceUnsupported();
+        if (!device.empty())
+        {
+            fail(device);
+        }
         return kSTATUS_SUCCESS;
     });
 }
@@ -243,9 +234,28 @@ int32_t Int4MatMulPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, in
     });
 }
 
+size_t Int4MatMulPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+    nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept
+{
+    size_t bytes = 0;
+    int32_t const status = guard("getWorkspaceSize", [&] {
+        require(inputs != nullptr && nbInputs == kNB_INPUTS, "expects 5 inputs");
+        require(outputs != nullptr && nbOutputs == kNB_OUTPUTS, "expects 1 output (y)");
+        // The profile's largest shape; the bound does not depend on the GPU (aotLaunch.h).
+        Dims const& codes = inputs[kCODES].max;
+        Dims const& weight = inputs[kWEIGHT].max;
+        require(codes.nbDims >= 1 && weight.nbDims == 2, "codes must be [..., d/2] or [..., d] and weight [n, d/2]");
+        int64_t const width = codes.d[codes.nbDims - 1];
+        int64_t const k = attribute("act_bits") == 4 ? 2 * width : width;
+        bytes = int4MatMulWorkspaceSize(leadingVolume(codes), k, weight.d[0], attribute("group_size"));
+        return kSTATUS_SUCCESS;
+    });
+    return status == kSTATUS_SUCCESS ? bytes : 0;
+}
+
 int32_t Int4MatMulPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
-    nvinfer1::PluginTensorDesc const* outputDesc, void const* const* inputs, void* const* outputs,
-    void* /*workspace*/, cudaStream_t stream) noexcept
+    nvinfer1::PluginTensorDesc const* outputDesc, void const* const* inputs, void* const* outputs, void* workspace,
+    cudaStream_t stream) noexcept
 {
     return guard("enqueue", [&] {
         require(inputDesc != nullptr && outputDesc != nullptr && inputs != nullptr && outputs != nullptr,
@@ -270,14 +280,19 @@ int32_t Int4MatMulPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
         {
             return kSTATUS_SUCCESS;
         }
-        cudaError_t const status = launchInt4MatMul(static_cast<int8_t const*>(inputs[kCODES]),
+        if (outputDesc[kY].type != DataType::kFLOAT)
+        {
+            fail("y must be float32");
+        }
+        // TensorRT gives at least getWorkspaceSize of the profile's largest shape, which bounds this one's.
+        size_t const workspaceBytes = int4MatMulWorkspaceSize(shape.tokens, shape.k, shape.n, shape.groupSize);
+        std::string const error = launchInt4MatMul(static_cast<int8_t const*>(inputs[kCODES]),
             static_cast<float const*>(inputs[kSCALE]), static_cast<int8_t const*>(inputs[kWEIGHT]),
             static_cast<float const*>(inputs[kWEIGHT_SCALE]), static_cast<float const*>(inputs[kBIAS]), shape,
-            outputs[kY], floatTypeOf(outputDesc[kY].type), stream);
-        if (status != cudaSuccess)
+            static_cast<float*>(outputs[kY]), workspace, workspaceBytes, stream);
+        if (!error.empty())
         {
-            fail(std::string("launchInt4MatMul failed: ") + cudaGetErrorName(status) + " ("
-                + cudaGetErrorString(status) + ")");
+            fail(error);
         }
         return kSTATUS_SUCCESS;
     });

@@ -1,11 +1,11 @@
 // Int4MatMul as a TensorRT IPluginV3: packed INT4 weights times per-token quantized activations.
 // Inputs codes (int8 [..., d/2] packed or [..., d]), scale (float32 [..., 1]), weight (int8
 // [n, d/2] packed), weight_scale (float32 [n, G]), bias (float32 [n]); output y [..., n], float32
-// per the schema, float16 also accepted where TensorRT asks for it. See ops/schema.py.
+// (the schema's type, and the only one the ahead-of-time cubins write). See ops/schema.py.
 #pragma once
 
 #include "../common/pluginBase.h"
-#include "../kernels/freeActKernels.h"
+#include "../kernels/aotLaunch.h"
 
 namespace freeact
 {
@@ -32,6 +32,9 @@ public:
         int32_t nbOutputs) noexcept override;
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    //! Split-K partial sums of the profile's largest shape (aotLaunch.h int4MatMulWorkspaceSize).
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
 
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;

@@ -288,13 +288,10 @@ void checkOutputTypes(SchemaOp const& op, IPluginCreatorV3One& creator)
         op.name + ": getOutputDataTypes refuses a wrong number of tensors");
 }
 
-//! Dtypes TensorRT may pick beyond the schema's own (the schema is the ONNX contract).
-std::vector<std::string> pluginExtraDtypes(std::string const& op, std::string const& tensor)
+//! Dtypes TensorRT may pick beyond the schema's own (the schema is the ONNX contract): FreeActQuantize's x
+//! may be float16 (its schema lists it); Int4MatMul's y is float32 only, the one type its cubins write.
+std::vector<std::string> pluginExtraDtypes(std::string const& /*op*/, std::string const& /*tensor*/)
 {
-    if (op == "Int4MatMul" && tensor == "y")
-    {
-        return {"float16"}; // fp16 networks may take the layer's output in half precision
-    }
     return {};
 }
 
@@ -416,6 +413,7 @@ struct ShapeCase
     std::vector<Extents> inputs;
     std::vector<Extents> outputs;
     bool valid;
+    std::string mention{}; //!< a refusal's message names this
 };
 
 void checkShapeCases(SchemaOp const& op, IPluginCreatorV3One& creator, std::vector<ShapeCase> const& cases,
@@ -439,7 +437,13 @@ void checkShapeCases(SchemaOp const& op, IPluginCreatorV3One& creator, std::vect
         int32_t const configured = buildOf(*plugin)->configurePlugin(
             in.data(), static_cast<int32_t>(in.size()), out.data(), static_cast<int32_t>(out.size()));
         check((configured == 0) == c.valid, where + ": configurePlugin " + (c.valid ? "accepts" : "refuses"));
-        check((logger.errors() > errorsBefore) == !c.valid, where + ": an error is logged exactly when refused");
+        check(logger.errors() - errorsBefore == (c.valid ? 0 : 1),
+            where + ": one error is logged exactly when configurePlugin refuses");
+        if (!c.valid && !c.mention.empty())
+        {
+            check(logger.last().find(c.mention) != std::string::npos,
+                where + ": the message names '" + c.mention + "' (got: " + logger.last() + ")");
+        }
 
         // At run time every extent is known: a dynamic one becomes 7.
         std::vector<PluginTensorDesc> inRt;
@@ -460,9 +464,12 @@ void checkShapeCases(SchemaOp const& op, IPluginCreatorV3One& creator, std::vect
             }
             outRt.push_back(d.desc);
         }
+        int32_t const errorsBeforeChange = logger.errors();
         int32_t const changed = runtimeOf(*plugin)->onShapeChange(
             inRt.data(), static_cast<int32_t>(inRt.size()), outRt.data(), static_cast<int32_t>(outRt.size()));
         check((changed == 0) == c.valid, where + ": onShapeChange " + (c.valid ? "accepts" : "refuses"));
+        check(logger.errors() - errorsBeforeChange == (c.valid ? 0 : 1),
+            where + ": one error is logged exactly when onShapeChange refuses");
     }
 }
 
@@ -498,6 +505,21 @@ std::vector<ShapeCase> quantizeShapeCases()
         {"codes of the 8-bit width at 4 bits", b4, {x, types, {64}, {8, 8}, {8, 8}, {2, 64}, {2}}, {codes8, scale},
             false},
         {"an odd d at 4 bits", b4, {{-1, 63}, types, {63}, {7, 7}, {9, 9}, {2, 63}, {2}}, {{-1, 31}, scale}, false},
+        // The kernels' tiles (variants.KRON_TILES) hold factors up to 128 x 128, any d1 <= d2 pair within.
+        {"the largest tile, 128 x 128", b4, {{-1, 16384}, types, {16384}, {128, 128}, {128, 128}, {2, 16384}, {2}},
+            {{-1, 8192}, scale}, true},
+        {"factors 64 x 2 (d1 > d2)", b8, {{-1, 128}, types, {128}, {64, 64}, {2, 2}, {2, 128}, {2}}, {{-1, 128}, scale},
+            true},
+        {"no kernel tile: factors 2 x 256", b8, {{-1, 512}, types, {512}, {2, 2}, {256, 256}, {2, 512}, {2}},
+            {{-1, 512}, scale}, false, "no kernel tile"},
+        {"no kernel tile: factors 256 x 256", b4, {{-1, 65536}, types, {65536}, {256, 256}, {256, 256}, {2, 65536}, {2}},
+            {{-1, 32768}, scale}, false, "no kernel tile"},
+        {"an odd right factor at 4 bits", b4, {{-1, 6}, types, {6}, {2, 2}, {3, 3}, {2, 6}, {2}}, {{-1, 3}, scale},
+            false, "must be even"},
+        {"an odd right factor at 8 bits", b8, {{-1, 6}, types, {6}, {2, 2}, {3, 3}, {2, 6}, {2}}, {{-1, 6}, scale},
+            true},
+        {"no transform, d = 28672 (any d, in chunks)", noKron, {{-1, 28672}, types, {28672}, {1, 1}, {1, 1},
+            {1, 28672}, {1}}, {{-1, 14336}, scale}, true},
     };
 }
 
@@ -522,15 +544,75 @@ std::vector<ShapeCase> matMulShapeCases()
         {"bias of the wrong length", a4, {codes4, scale, {48, 32}, {48, 1}, {47}}, {y}, false},
         {"scale not [..., 1]", a4, {codes4, {-1, 2}, {48, 32}, {48, 1}, {48}}, {y}, false},
         {"y of the wrong width", a4, {codes4, scale, {48, 32}, {48, 1}, {48}}, {{-1, 47}}, false},
-        // The kernels' int32 sums are exact up to d = 65536 (freeActMath.cuh): refused at build, not at enqueue.
+        // The kernels' int32 segment sums are exact up to d = 65536 (aotLaunch.h): refused at build, not at enqueue.
         {"d = 65536, the kernels' limit", a4, {{-1, 32768}, scale, {48, 32768}, {48, 1}, {48}}, {y}, true},
         {"d = 65538, past it", a4, {{-1, 32769}, scale, {48, 32769}, {48, 1}, {48}}, {y}, false},
     };
 }
 
+//! The split-K bound of launch.py's plan, computed here independently of the library: with the decode
+//! tile (at most 16 tokens) K splits into per-channel slices of at least 512 (k / 512 of them at most,
+//! reached where k is a multiple of 512, as in the cases below) or runs of groups of at least 512
+//! columns (ceil(k / g / ceil(512 / g))); each split writes fp32 partial sums [tokens, n]. One split
+//! needs no workspace.
+size_t expectedWorkspace(int64_t maxTokens, int64_t k, int64_t n, int64_t group)
+{
+    int64_t const segs = group > 0 ? k / group : 0;
+    int64_t const perSplit = group > 0 ? (512 + group - 1) / group : 1;
+    int64_t const splits = group > 0 ? (segs + perSplit - 1) / perSplit : std::max<int64_t>(1, k / 512);
+    return splits > 1 ? static_cast<size_t>(splits * std::min<int64_t>(maxTokens, 16) * n * 4) : 0;
+}
+
+void checkWorkspace(SchemaOp const& op, IPluginCreatorV3One& creator)
+{
+    struct Case
+    {
+        int32_t actBits;
+        int32_t group;
+        int64_t maxTokens;
+        int64_t k;
+        int64_t n;
+    };
+    for (Case const& c : {Case{4, 0, 4096, 4096, 48}, Case{8, 0, 4096, 4096, 48}, Case{4, 0, 8, 4096, 1024},
+             Case{4, 0, 4096, 1024, 48}, Case{4, 0, 4096, 1000, 48}, Case{4, 0, 4096, 512, 48},
+             Case{4, 128, 4096, 4096, 48}, Case{4, 32, 4096, 4096, 48}, Case{4, 1024, 4096, 4096, 48},
+             Case{4, 2, 3, 65536, 7}, Case{8, 0, 1, 65536, 4096}})
+    {
+        PluginPtr plugin = createDefault(op, creator, {{"act_bits", c.actBits}, {"group_size", c.group}});
+        int64_t const width = c.actBits == 4 ? c.k / 2 : c.k;
+        int64_t const groups = c.group > 0 ? c.k / c.group : 1;
+        std::vector<DynamicPluginTensorDesc> in = {dynamicDesc({-1, width}, DataType::kINT8),
+            dynamicDesc({-1, 1}, DataType::kFLOAT), dynamicDesc({c.n, c.k / 2}, DataType::kINT8),
+            dynamicDesc({c.n, groups}, DataType::kFLOAT), dynamicDesc({c.n}, DataType::kFLOAT)};
+        std::vector<DynamicPluginTensorDesc> out = {dynamicDesc({-1, c.n}, DataType::kFLOAT)};
+        for (size_t i = 0; i < 2; ++i)
+        {
+            in[i].max.d[0] = c.maxTokens;
+        }
+        out[0].max.d[0] = c.maxTokens;
+        size_t const got = buildOf(*plugin)->getWorkspaceSize(in.data(), 5, out.data(), 1);
+        size_t const want = expectedWorkspace(c.maxTokens, c.k, c.n, c.group);
+        check(got == want,
+            "Int4MatMul (act_bits=" + std::to_string(c.actBits) + ", group_size=" + std::to_string(c.group)
+                + "): workspace for up to " + std::to_string(c.maxTokens) + " tokens, k " + std::to_string(c.k)
+                + ", n " + std::to_string(c.n) + " is " + std::to_string(want) + " bytes (got " + std::to_string(got)
+                + ")");
+    }
+}
+
+void checkQuantizeWorkspace(SchemaOp const& op, IPluginCreatorV3One& creator)
+{
+    PluginPtr plugin = createDefault(op, creator);
+    std::vector<DynamicPluginTensorDesc> in = {dynamicDesc({-1, 64}, DataType::kFLOAT), dynamicDesc({-1}, DataType::kINT32),
+        dynamicDesc({64}, DataType::kFLOAT), dynamicDesc({8, 8}, DataType::kFLOAT), dynamicDesc({8, 8}, DataType::kFLOAT),
+        dynamicDesc({2, 64}, DataType::kFLOAT), dynamicDesc({2}, DataType::kFLOAT)};
+    std::vector<DynamicPluginTensorDesc> out = {dynamicDesc({-1, 32}, DataType::kINT8), dynamicDesc({-1, 1}, DataType::kFLOAT)};
+    check(buildOf(*plugin)->getWorkspaceSize(in.data(), 7, out.data(), 2) == 0, "FreeActQuantize needs no workspace");
+}
+
 } // namespace
 
-int32_t runChecks(std::string const& libraryPath, std::string const& schemaPath)
+int32_t runChecks(std::string const& libraryPath, std::string const& schemaPath, std::string const& aotJsonPath)
 {
     Schema const schema = loadSchema(schemaPath);
     CapturingLogger logger;
@@ -559,11 +641,13 @@ int32_t runChecks(std::string const& libraryPath, std::string const& schemaPath)
         {
             checkQuantizeShapes(op, creator);
             checkShapeCases(op, creator, quantizeShapeCases(), logger);
+            checkQuantizeWorkspace(op, creator);
         }
         else if (op.name == "Int4MatMul")
         {
             checkMatMulShapes(op, creator);
             checkShapeCases(op, creator, matMulShapeCases(), logger);
+            checkWorkspace(op, creator);
         }
         else
         {
@@ -578,6 +662,7 @@ int32_t runChecks(std::string const& libraryPath, std::string const& schemaPath)
         PluginPtr plugin(lib.creators[schema.ops.front().name]->createPlugin("layer", nullptr, TensorRTPhase::kBUILD));
         check(plugin == nullptr && logger.errors() == before, "with no logger finder: refused, nothing logged");
     }
+    checkAotManifest(lib, aotJsonPath);
     std::cout << gChecks << " checks, " << gFailures << " failed\n";
     return gFailures == 0 ? 0 : 1;
 }

@@ -4,7 +4,6 @@
 
 #include "NvInferRuntime.h"
 
-#include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <nlohmann/json.hpp>
 

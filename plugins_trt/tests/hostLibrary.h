@@ -206,12 +206,13 @@ inline Library openLibrary(std::string const& path, bool checkSymbols)
     }
     if (checkSymbols)
     {
+        check(dlsym(lib.handle, "freeactAotManifest") != nullptr, "freeactAotManifest is exported");
+        // The C API of the hand-written CUDA kernels is gone: the Triton kernels run from torch directly.
         for (char const* symbol : {"freeactQuantize", "freeactInt4MatMul", "freeactCApiVersion"})
         {
-            check(dlsym(lib.handle, symbol) != nullptr, std::string("C API symbol ") + symbol + " exported");
+            check(dlsym(lib.handle, symbol) == nullptr, std::string("the retired C API symbol ") + symbol
+                    + " is not exported");
         }
-        auto version = reinterpret_cast<int32_t (*)()>(dlsym(lib.handle, "freeactCApiVersion"));
-        check(version != nullptr && version() >= 1, "freeactCApiVersion() >= 1");
         check(dlsym(lib.handle, "getPluginRegistry") == nullptr, "the library does not define getPluginRegistry");
     }
     int32_t count = -1;
@@ -412,7 +413,11 @@ inline std::vector<Extents> outputShapes(IPluginV3& plugin, std::vector<Extents>
 }
 
 // The two modes (see hostTest.cpp for their command lines).
-int32_t runChecks(std::string const& libraryPath, std::string const& schemaPath);
+int32_t runChecks(std::string const& libraryPath, std::string const& schemaPath, std::string const& aotJsonPath);
 int32_t runCase(std::string const& libraryPath, std::string const& caseDir);
+
+//! Check mode, the cubin table: the library's freeactAotManifest() against the build's aot_kernels.json
+//! (hostAot.cpp); failures are counted with check().
+void checkAotManifest(Library const& lib, std::string const& aotJsonPath);
 
 } // namespace hostTest

@@ -1,5 +1,9 @@
 // Host test, run mode: one op on the GPU through the plugin's own interface (exit 77 without a device).
+// The GPU is reached through the CUDA driver API, dlopen()ed (kernels/cudaDriver.h, the library's own
+// loader compiled in here too): neither this test nor the library links the CUDA runtime.
 #include "hostLibrary.h"
+
+#include "kernels/cudaDriver.h"
 
 namespace hostTest
 {
@@ -9,12 +13,41 @@ namespace
 // ---------------------------------------------------------------------------------------------
 // run mode: one op on the GPU, through the plugin's own interface
 
-void cudaCheck(cudaError_t status, char const* what)
+namespace cu = freeact::cu;
+
+void cuCheck(cu::Result status, char const* what)
 {
-    if (status != cudaSuccess)
+    if (status != cu::kSUCCESS)
     {
-        throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+        throw std::runtime_error(std::string(what) + ": " + cu::resultText(status));
     }
+}
+
+//! Device memory, freed on every path out of runCase.
+struct DeviceBuffers
+{
+    cu::Driver const* driver{nullptr};
+    std::vector<cu::DevicePtr> owned;
+
+    void* allocate(size_t bytes)
+    {
+        cu::DevicePtr ptr = 0;
+        cuCheck(driver->memAlloc(&ptr, std::max<size_t>(bytes, 1)), "cuMemAlloc");
+        owned.push_back(ptr);
+        return reinterpret_cast<void*>(static_cast<uintptr_t>(ptr));
+    }
+    ~DeviceBuffers()
+    {
+        for (cu::DevicePtr ptr : owned)
+        {
+            driver->memFree(ptr);
+        }
+    }
+};
+
+cu::DevicePtr devicePtr(void* p)
+{
+    return static_cast<cu::DevicePtr>(reinterpret_cast<uintptr_t>(p));
 }
 
 struct CaseTensor
@@ -54,12 +87,28 @@ std::vector<char> readBinary(std::string const& path, size_t bytes)
 
 int32_t runCase(std::string const& libraryPath, std::string const& caseDir)
 {
-    int32_t devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+    std::string why;
+    cu::Driver const* driver = cu::driver(&why);
+    int devices = 0;
+    if (driver != nullptr && driver->deviceGetCount(&devices) != cu::kSUCCESS)
     {
-        std::cout << "SKIP: no CUDA device\n";
+        devices = 0;
+    }
+    if (driver == nullptr || devices == 0)
+    {
+        std::cout << "SKIP: no CUDA device (" << (driver == nullptr ? why : "cuDeviceGetCount reports none") << ")\n";
         return 77;
     }
+    // The primary context of device 0 made current, as the CUDA runtime (and so TensorRT) does.
+    cu::Device device = 0;
+    cu::Context cudaContext = nullptr;
+    cuCheck(driver->deviceGet(&device, 0), "cuDeviceGet");
+    cuCheck(driver->devicePrimaryCtxRetain(&cudaContext, device), "cuDevicePrimaryCtxRetain");
+    cuCheck(driver->ctxSetCurrent(cudaContext), "cuCtxSetCurrent");
+    int major = 0;
+    int minor = 0;
+    driver->deviceGetAttribute(&major, cu::kATTR_COMPUTE_CAPABILITY_MAJOR, device);
+    driver->deviceGetAttribute(&minor, cu::kATTR_COMPUTE_CAPABILITY_MINOR, device);
     std::ifstream spec(caseDir + "/case.txt");
     if (!spec)
     {
@@ -221,6 +270,7 @@ int32_t runCase(std::string const& libraryPath, std::string const& caseDir)
         throw std::runtime_error("onShapeChange failed: " + logger.last());
     }
 
+    DeviceBuffers buffers{driver, {}};
     std::vector<void*> deviceIn(nbInputs, nullptr);
     std::vector<void*> deviceOut(nbOutputs, nullptr);
     std::vector<size_t> outBytes(nbOutputs);
@@ -228,20 +278,25 @@ int32_t runCase(std::string const& libraryPath, std::string const& caseDir)
     {
         size_t const bytes = static_cast<size_t>(volumeOf(inputs[i].dims)) * elementSize(inputs[i].type);
         std::vector<char> host = readBinary(caseDir + "/" + inputs[i].name + ".bin", bytes);
-        cudaCheck(cudaMalloc(&deviceIn[i], std::max<size_t>(bytes, 1)), "cudaMalloc");
-        cudaCheck(cudaMemcpy(deviceIn[i], host.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+        deviceIn[i] = buffers.allocate(bytes);
+        cuCheck(driver->memcpyHtoD(devicePtr(deviceIn[i]), host.data(), bytes), "cuMemcpyHtoD");
     }
     for (int32_t i = 0; i < nbOutputs; ++i)
     {
         outBytes[i] = static_cast<size_t>(volumeOf(outDims[i])) * elementSize(outTypes[i]);
-        cudaCheck(cudaMalloc(&deviceOut[i], std::max<size_t>(outBytes[i], 1)), "cudaMalloc");
-        cudaCheck(cudaMemset(deviceOut[i], 0xFF, outBytes[i]), "cudaMemset");
+        deviceOut[i] = buffers.allocate(outBytes[i]);
+        cuCheck(driver->memsetD8(devicePtr(deviceOut[i]), 0xFF, outBytes[i]), "cuMemsetD8");
     }
-    cudaStream_t stream = nullptr;
-    cudaCheck(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    // The workspace the build phase asked for, as an engine allocates it (Int4MatMul's split-K partials).
+    size_t const workspaceBytes = build->getWorkspaceSize(inDesc.data(), nbInputs, outDesc.data(), nbOutputs);
+    void* workspace = workspaceBytes > 0 ? buffers.allocate(workspaceBytes) : nullptr;
+    cu::Stream stream = nullptr;
+    cuCheck(driver->streamCreate(&stream, cu::kSTREAM_NON_BLOCKING), "cuStreamCreate");
     int32_t const status
-        = runtime->enqueue(inRt.data(), outRt.data(), deviceIn.data(), deviceOut.data(), nullptr, stream);
-    cudaCheck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+        = runtime->enqueue(inRt.data(), outRt.data(), deviceIn.data(), deviceOut.data(), workspace, stream);
+    cu::Result const synced = driver->streamSynchronize(stream);
+    driver->streamDestroy(stream);
+    cuCheck(synced, "cuStreamSynchronize");
     if (status != 0)
     {
         throw std::runtime_error("enqueue failed: " + logger.last());
@@ -250,7 +305,7 @@ int32_t runCase(std::string const& libraryPath, std::string const& caseDir)
     for (int32_t i = 0; i < nbOutputs; ++i)
     {
         std::vector<char> host(outBytes[i]);
-        cudaCheck(cudaMemcpy(host.data(), deviceOut[i], outBytes[i], cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+        cuCheck(driver->memcpyDtoH(host.data(), devicePtr(deviceOut[i]), outBytes[i]), "cuMemcpyDtoH");
         std::ofstream out(caseDir + "/" + outputs[i].first + ".bin", std::ios::binary);
         out.write(host.data(), static_cast<std::streamsize>(host.size()));
         manifest << outputs[i].first << " " << dtypeName(outTypes[i]) << " " << outDims[i].size();
@@ -260,16 +315,8 @@ int32_t runCase(std::string const& libraryPath, std::string const& caseDir)
         }
         manifest << "\n";
     }
-    cudaStreamDestroy(stream);
-    for (void* p : deviceIn)
-    {
-        cudaFree(p);
-    }
-    for (void* p : deviceOut)
-    {
-        cudaFree(p);
-    }
-    std::cout << opName << " ran (" << describe(attrs) << ")\n";
+    std::cout << opName << " ran (" << describe(attrs) << ") on sm_" << major * 10 + minor << ", workspace "
+              << workspaceBytes << " bytes\n";
     return 0;
 }
 

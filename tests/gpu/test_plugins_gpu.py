@@ -2,10 +2,12 @@
 
 The host test's run mode (plugins_trt/tests/hostTest.cpp) takes each plugin the way TensorRT does:
 creator (build phase) → output types and shapes → supportsFormatCombination → configurePlugin →
-serialized fields → creator (runtime phase) → attachToContext → onShapeChange → enqueue on a stream,
-on inputs written here, and writes the outputs back. Codes equal the reference's except where float
+getWorkspaceSize → serialized fields → creator (runtime phase) → attachToContext → onShapeChange →
+enqueue on a stream, on inputs written here, and writes the outputs back; the GPU is reached
+through the driver API, as the library reaches it. The kernels are the ahead-of-time Triton cubins
+of this GPU's architecture (`cuda_archs="native"`). Codes equal the reference's except where float
 summation order decides a rounding tie (±1, rare); scales and Int4MatMul outputs within float32
-rounding. Skipped as a whole, with the reason, without a CUDA device or nvcc/cmake.
+rounding. Skipped as a whole, with the reason, without a CUDA device or cmake.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def _cuda_devices() -> int:
 
 if _cuda_devices() == 0:
     pytest.skip("no CUDA device here (libcuda reports none)", allow_module_level=True)
-if shutil.which("nvcc") is None or shutil.which("cmake") is None:
-    pytest.skip("building plugins_trt needs nvcc and cmake", allow_module_level=True)
+if shutil.which("cmake") is None:
+    pytest.skip("building plugins_trt needs cmake", allow_module_level=True)
 
 DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.int32): "int32",
                np.dtype(np.int8): "int8"}
@@ -86,16 +88,20 @@ def _quantize_inputs(rng, lead, d, d1, types_count, per_type, x_dtype):
     }
 
 
-@pytest.mark.parametrize(("bits", "kronecker", "per_type", "x_dtype", "lead"), [
-    (4, 1, False, np.float32, (37,)),
-    (4, 1, True, np.float32, (2, 19)),
-    (8, 1, False, np.float16, (5,)),
-    (8, 1, True, np.float32, (64,)),
-    (4, 0, False, np.float16, (1,)),
+@pytest.mark.parametrize(("bits", "kronecker", "per_type", "x_dtype", "lead", "d", "d1"), [
+    (4, 1, False, np.float32, (37,), 256, 16),
+    (4, 1, True, np.float32, (2, 19), 256, 16),
+    (8, 1, False, np.float16, (5,), 256, 16),
+    (8, 1, True, np.float32, (64,), 256, 16),
+    (4, 0, False, np.float16, (1,), 256, 16),
+    (4, 0, False, np.float32, (9,), 3000, 1),  # no transform, more than one chunk of 1024
+    (4, 1, False, np.float32, (7,), 8192, 64),  # tile 64 x 128: above 48 KiB of shared memory (opt-in)
+    (8, 1, True, np.float16, (3,), 16384, 128),  # the largest tile, 128 x 128
+    (4, 1, False, np.float32, (4,), 256, 64),  # d1 > d2 (64 x 4)
 ])
-def test_freeact_quantize_plugin_matches_the_reference(build_dir, tmp_path, bits, kronecker, per_type, x_dtype, lead):
-    rng = np.random.default_rng(bits * 10 + kronecker + per_type)
-    d, d1 = 256, 16
+def test_freeact_quantize_plugin_matches_the_reference(build_dir, tmp_path, bits, kronecker, per_type, x_dtype, lead,
+                                                       d, d1):
+    rng = np.random.default_rng(bits * 10 + kronecker + per_type + d)
     inputs = _quantize_inputs(rng, lead, d, d1, 3, per_type, x_dtype)
     if not kronecker:
         inputs["kron_1"] = np.ones((1, 1), np.float32)
@@ -110,15 +116,19 @@ def test_freeact_quantize_plugin_matches_the_reference(build_dir, tmp_path, bits
     assert diff.max() <= 1 and (diff > 0).mean() < 2e-3  # rounding ties only
 
 
-@pytest.mark.parametrize(("act_bits", "group_size", "y_dtype", "lead"), [
-    (4, 0, "float32", (1,)),
-    (4, 64, "float32", (3, 11)),
-    (8, 0, "float32", (96,)),
-    (4, 0, "float16", (17,)),
+@pytest.mark.parametrize(("act_bits", "group_size", "lead", "d"), [
+    (4, 0, (1,), 512),
+    (4, 64, (3, 11), 512),
+    (8, 0, (96,), 512),
+    (4, 0, (17,), 512),
+    (4, 0, (1,), 4096),  # decode: K split into slices, partial sums in the workspace, then splitk_reduce
+    (8, 64, (2, 5), 4096),  # decode, grouped: runs of groups per split
+    (4, 128, (200,), 4096),  # prefill tile
 ])
-def test_int4_matmul_plugin_matches_the_reference(build_dir, tmp_path, act_bits, group_size, y_dtype, lead):
-    rng = np.random.default_rng(act_bits * 100 + group_size)
-    d, n = 512, 192
+def test_int4_matmul_plugin_matches_the_reference(build_dir, tmp_path, act_bits, group_size, lead, d):
+    y_dtype = "float32"  # the schema's y and the only one the cubins write
+    rng = np.random.default_rng(act_bits * 100 + group_size + d)
+    n = 192
     qmax = 7 if act_bits == 4 else 127
     acts = rng.integers(-qmax - 1, qmax + 1, (*lead, d)).astype(np.int8)
     w = rng.integers(-8, 8, (n, d)).astype(np.int8)
@@ -134,5 +144,17 @@ def test_int4_matmul_plugin_matches_the_reference(build_dir, tmp_path, act_bits,
                {"y": y_dtype})
     y = reference.int4_matmul(**inputs, act_bits=act_bits, group_size=group_size)
     assert got["y"].shape == y.shape and got["y"].dtype == np.dtype(y_dtype)
-    tolerance = 1e-5 if y_dtype == "float32" else 2e-3
-    np.testing.assert_allclose(got["y"].astype(np.float32), y, rtol=tolerance, atol=tolerance * np.abs(y).max())
+    np.testing.assert_allclose(got["y"], y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
+
+
+def test_int4_matmul_refuses_a_float16_y(build_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    inputs = {
+        "codes": rng.integers(-128, 128, (2, 32)).astype(np.int8),
+        "scale": np.ones((2, 1), np.float32),
+        "weight": rng.integers(-128, 128, (48, 32)).astype(np.int8),
+        "weight_scale": np.ones((48, 1), np.float32),
+        "bias": np.zeros(48, np.float32),
+    }
+    with pytest.raises(AssertionError, match="does not support tensor 5"):
+        _run(build_dir, tmp_path, "Int4MatMul", {"act_bits": 4, "group_size": 0}, inputs, {"y": "float16"})
