@@ -4,17 +4,21 @@ The host test's run mode (plugins_trt/tests/hostTest.cpp) takes each plugin the 
 creator (build phase) → output types and shapes → supportsFormatCombination → configurePlugin →
 getWorkspaceSize → serialized fields → creator (runtime phase) → attachToContext → onShapeChange →
 enqueue on a stream, on inputs written here, and writes the outputs back; the GPU is reached
-through the driver API, as the library reaches it. The kernels are the ahead-of-time Triton cubins
-of this GPU's architecture (`cuda_archs="native"`). Codes equal the reference's except where float
-summation order decides a rounding tie (±1, rare); scales and Int4MatMul outputs within float32
-rounding. Skipped as a whole, with the reason, without a CUDA device or cmake.
+through the driver API, as the library reaches it. The library is $FREEACT_PLUGIN_BUILD's where that
+names a build folder (tools/gpu_prepare.sh builds one on a machine without a GPU: every
+architecture's cubins), else built here for this GPU's architecture (`cuda_archs="native"`, needs
+cmake and Triton). Codes equal the reference's except where float summation order decides a
+rounding tie (±1, rare); scales and Int4MatMul outputs within float32 rounding. Skipped as a
+whole, with the reason, without a CUDA device.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,8 +40,6 @@ def _cuda_devices() -> int:
 
 if _cuda_devices() == 0:
     pytest.skip("no CUDA device here (libcuda reports none)", allow_module_level=True)
-if shutil.which("cmake") is None:
-    pytest.skip("building plugins_trt needs cmake", allow_module_level=True)
 
 DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.int32): "int32",
                np.dtype(np.int8): "int8"}
@@ -45,6 +47,16 @@ DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
 
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory):
+    """A folder with the plugin library and the host test: $FREEACT_PLUGIN_BUILD's, else built here."""
+    prebuilt = os.environ.get("FREEACT_PLUGIN_BUILD")
+    if prebuilt:
+        folder = Path(prebuilt)
+        needed = (plugin_lib.LIBRARY_NAME, plugin_lib.HOST_TEST_NAME)
+        missing = [name for name in needed if not (folder / name).is_file()]
+        assert not missing, f"FREEACT_PLUGIN_BUILD={prebuilt} has no {', '.join(missing)} (tools/gpu_prepare.sh)"
+        return folder
+    if shutil.which("cmake") is None:
+        pytest.skip("building plugins_trt needs cmake (or FREEACT_PLUGIN_BUILD naming a build folder)")
     folder = tmp_path_factory.mktemp("plugins_trt_gpu")
     plugin_lib.build(folder, cuda_archs="native", jobs=4)
     return folder
