@@ -7,7 +7,7 @@
 #   bash tools/gpu_check.sh RESULTS_DIR    # then on the GPU machine, from the repository root
 #
 # Runs without installing the package (PYTHONPATH=repository root). Uses, when present:
-#   plugins_trt/build-gpu/          the plugin library (AOT cubins) and host test from gpu_prepare.sh
+#   out/gpu_assets/plugin/          the plugin library (AOT cubins) and host test from gpu_prepare.sh
 #   out/gpu_assets/real_layers.npz  real smollm2-135m layers (tools/real_layers.py)
 # Writes RESULTS_DIR/gpu.json (device, versions, test counts, pass/fail), gpu_tests.xml (JUnit),
 # tests.log, and bench/bench_kernels.{json,md,png}. Exit 0 only if every test ran and passed.
@@ -20,7 +20,7 @@ PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET  # the GPU tests need Triton's compiler, not its interpreter
 [ -f out/gpu_assets/real_layers.npz ] && export FREEACT_REAL_LAYERS=${FREEACT_REAL_LAYERS:-$PWD/out/gpu_assets/real_layers.npz}
-[ -d plugins_trt/build-gpu ] && export FREEACT_PLUGIN_BUILD=${FREEACT_PLUGIN_BUILD:-$PWD/plugins_trt/build-gpu}
+[ -d out/gpu_assets/plugin ] && export FREEACT_PLUGIN_BUILD=${FREEACT_PLUGIN_BUILD:-$PWD/out/gpu_assets/plugin}
 
 start=$(date +%s)
 timeout "${GPU_CHECK_TEST_S:-330}" "$PYTHON" -m pytest -p no:cacheprovider -q -rs \

@@ -3,14 +3,19 @@
 # 64 MiB along: the plugin library with its AOT cubins and the host test (built here, no GPU
 # needed), and real smollm2-135m layers (the 98 MB model itself is too big to carry).
 #
-#   bash tools/gpu_prepare.sh            # → plugins_trt/build-gpu/, out/gpu_assets/real_layers.npz (~45 MiB)
+#   bash tools/gpu_prepare.sh            # → out/gpu_assets/ (~25 MiB): plugin/ and real_layers.npz
 #
 # Then, on the GPU machine, from the repository root with both folders beside it:
 #   bash tools/gpu_check.sh RESULTS_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . "${VENV:-.venv}/bin/activate"
-ARCHS=${FREEACT_GPU_ARCHS:-80;86;87;89;90;100;110;120}
+ARCHS=${FREEACT_GPU_ARCHS:-80;86;87;89;90;100;103;110;120;121}
 python -c "from freeact_export.runtime.plugin_lib import build; print(build('plugins_trt/build-gpu', cuda_archs='$ARCHS'))"
+# Only what the GPU tests use: a build folder holds the cubins three times over (blob, objects, plan test).
+rm -rf out/gpu_assets/plugin
+mkdir -p out/gpu_assets/plugin/aot
+cp plugins_trt/build-gpu/libfreeact_trt_plugins.so plugins_trt/build-gpu/freeact_host_test out/gpu_assets/plugin/
+cp plugins_trt/build-gpu/aot/aot_kernels.json out/gpu_assets/plugin/aot/
 python tools/real_layers.py --out out/gpu_assets/real_layers.npz
-du -sh plugins_trt/build-gpu out/gpu_assets
+du -sh out/gpu_assets

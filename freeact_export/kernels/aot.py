@@ -16,8 +16,8 @@ does). Writes, each atomically:
 Triton's calling convention appends two pointers to the kernel's own parameters (a global and a
 profile scratch buffer); both are null here, because the build refuses a kernel that needs either.
 Pointers are compiled as 16-byte aligned (`tt.divisibility`), which the launcher checks.
-Compiled cubins are cached by a key of the Triton version, the kernel sources, the variant and
-the architecture ($FREEACT_AOT_CACHE, default ~/.cache/freeact-export/aot), so a rebuild
+Compiled cubins are cached by a key of the Triton version, the kernel sources, this file, the variant
+and the architecture ($FREEACT_AOT_CACHE, default ~/.cache/freeact-export/aot), so a rebuild
 compiles only what changed.
 """
 
@@ -35,12 +35,14 @@ from pathlib import Path
 
 from freeact_export.kernels import matmul_kernels, quantize_kernels, variants
 
-ARCHS = (80, 86, 87, 89, 90, 100, 110, 120)
+# Triton compiles sm_90 and later arch-specifically (sm_90a, sm_100a, ...): such a cubin runs only on
+# its own compute capability, so 103 (B300) and 121 (GB10) need their own.
+ARCHS = (80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
 # The largest dynamic shared memory per block (bytes) on each architecture, opt-in included
 # (CUDA C Programming Guide, "Features and Technical Specifications"); a variant that needs more
 # is left out of that architecture's table, and the plugin names the shape it cannot run.
-SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 110: 232448,
-                120: 101376}
+SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448,
+                110: 232448, 120: 101376, 121: 101376}
 EXTRA_PARAMS = 2  # Triton's global and profile scratch pointers
 
 _POINTERS = {
@@ -108,7 +110,7 @@ def _source_key() -> str:
     import triton
 
     digest = hashlib.sha256(triton.__version__.encode())
-    for module in (quantize_kernels, matmul_kernels):
+    for module in (quantize_kernels, matmul_kernels, sys.modules[__name__]):  # the build's own settings too
         digest.update(inspect.getsource(module).encode())
     return digest.hexdigest()
 
@@ -125,6 +127,8 @@ def compile_variant(variant: Variant, arch: int) -> dict:
     attrs = {(names.index(p),): [["tt.divisibility", 16]] for p in _POINTERS[variant.kernel]}
     source = triton.compiler.ASTSource(fn=JITFunction(variants.BODIES[variant.kernel]), signature=signature,
                                        constexprs=constexprs, attrs=attrs)
+    # No line info: it would keep the PTX text in every cubin, half the library's size.
+    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
     meta = compiled.metadata

@@ -128,7 +128,7 @@ def freeact_quantize(x: torch.Tensor, types: torch.Tensor, smooth: torch.Tensor,
         unsupported_tile(d1, d2, bits, tile)
     tokens = x.numel() // d if d else 0
     codes = torch.empty((*x.shape[:-1], d // 2 if bits == 4 else d), dtype=torch.int8, device=device)
-    scale = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=device)
+    scale = torch.ones((*x.shape[:-1], 1), dtype=torch.float32, device=device)  # d = 0: amax 0, so scale 1
     if tokens == 0:
         return codes, scale
     kernels = _kernels(device)
@@ -136,10 +136,10 @@ def freeact_quantize(x: torch.Tensor, types: torch.Tensor, smooth: torch.Tensor,
         if kronecker:
             kernels["quantize_kron"][(tokens,)](
                 x, types, smooth, kron_1, kron_2, masks, clip, codes, scale, d, d1, d2,
-                d1 * d1 if per_type else 0, d2 * d2 if per_type else 0, bits,
+                d1 * d1 if per_type else 0, d2 * d2 if per_type else 0, bits, num_types,
                 D1P=tile[0], D2P=tile[1], num_warps=variants.kron_warps(tile))
         else:
-            kernels["quantize_plain"][(tokens,)](x, types, smooth, masks, clip, codes, scale, d, bits,
+            kernels["quantize_plain"][(tokens,)](x, types, smooth, masks, clip, codes, scale, d, bits, num_types,
                                                  CHUNK=variants.PLAIN_CHUNK, num_warps=4)
     return codes, scale
 
@@ -204,8 +204,10 @@ def int4_matmul(codes: torch.Tensor, scale: torch.Tensor | None, weight: torch.T
         raise _shape_error("weight_scale", weight_scale, f"[{n}, {groups}]")
     if bias is not None and tuple(bias.shape) != (n,):
         raise _shape_error("bias", bias, f"[{n}]")
-    tokens = codes.numel() // codes.shape[-1] if codes.shape[-1] else 0
     y = torch.empty((*codes.shape[:-1], n), dtype=out_dtype, device=device)
+    if k == 0:  # no inner dimension: every dot is 0
+        return y.copy_((torch.zeros(n, device=device) if bias is None else bias).expand_as(y))
+    tokens = codes.numel() // codes.shape[-1]
     if tokens == 0 or n == 0:
         return y
     a_kind = {4: 0, 8: 1, 16: 2}[act_bits]

@@ -26,17 +26,19 @@ ROWS: tl.constexpr = tl.constexpr(16)  # rows of X per step of the Kronecker tra
 
 
 def quantize_kron_body(x_ptr, types_ptr, smooth_ptr, k1_ptr, k2_ptr, masks_ptr, clip_ptr, codes_ptr, scale_ptr,
-                       d, d1, d2, k1_type_stride, k2_type_stride, bits,
+                       d, d1, d2, k1_type_stride, k2_type_stride, bits, num_types,
                        D1P: tl.constexpr, D2P: tl.constexpr):
     """Kronecker transform: the token's row viewed as X [d1, d2] (padded to [D1P, D2P]); Y = Aᵀ X B.
 
     Y is summed over chunks of ROWS rows of X: Y += Aᵀ[:, rows] (X[rows] B). B stays on chip; a
     chunk keeps each tl.dot small (an fp32 dot is unrolled into FMAs, so the code grows with it).
     k*_type_stride: d_i² for one factor pair per type, 0 for one shared pair. bits: 4 or 8.
-    INT4 packs along d2 (d2 even), so a byte never straddles two rows of X.
+    num_types: rows of masks; a type outside [0, num_types) (the contract forbids it) is clamped
+    into range, so no input makes the kernel read out of bounds. INT4 packs along d2 (d2 even), so a
+    byte never straddles two rows of X.
     """
     token = tl.program_id(0).to(tl.int64)
-    kind = tl.load(types_ptr + token)
+    kind = tl.minimum(tl.maximum(tl.load(types_ptr + token), 0), num_types - 1)
     rows = tl.arange(0, D1P)[:, None]
     cols = tl.arange(0, D2P)[None, :]
     inside = (rows < d1) & (cols < d2)
@@ -75,7 +77,7 @@ def quantize_kron_body(x_ptr, types_ptr, smooth_ptr, k1_ptr, k2_ptr, masks_ptr, 
                  mask=(rows < d1) & (half_cols < d2 // 2))
 
 
-def quantize_plain_body(x_ptr, types_ptr, smooth_ptr, masks_ptr, clip_ptr, codes_ptr, scale_ptr, d, bits,
+def quantize_plain_body(x_ptr, types_ptr, smooth_ptr, masks_ptr, clip_ptr, codes_ptr, scale_ptr, d, bits, num_types,
                         CHUNK: tl.constexpr):
     """No transform (kronecker = 0): y = (x / smooth) ⊙ masks[t], in chunks of CHUNK along the row.
 
@@ -83,7 +85,7 @@ def quantize_plain_body(x_ptr, types_ptr, smooth_ptr, masks_ptr, clip_ptr, codes
     a row of up to d floats) and writes the codes.
     """
     token = tl.program_id(0).to(tl.int64)
-    kind = tl.load(types_ptr + token)
+    kind = tl.minimum(tl.maximum(tl.load(types_ptr + token), 0), num_types - 1)
     offsets = tl.arange(0, CHUNK)
     amax = tl.zeros((CHUNK,), tl.float32)
     for start in range(0, d, CHUNK):

@@ -55,7 +55,7 @@ def build(build_dir: str | Path | None = None, cuda_archs: str | Iterable[int] |
             cubins and their table (aot/aot_kernels.json) under it.
         cuda_archs: FREEACT_CUDA_ARCHS, the GPU architectures to compile the kernels for: "80;90",
             "80,90", [80, 90], or "native" (the GPUs of this machine, through the driver). Default:
-            the CMake cache's, else every architecture aot.py knows (80;86;87;89;90;100;110;120).
+            the CMake cache's, else every architecture aot.py knows (80;86;87;89;90;100;103;110;120;121).
             Compiled cubins are cached (~/.cache/freeact-export/aot), so rebuilds take seconds.
             A GPU runs the cubins of its own architecture, else those of the highest one of the
             same major version and a lower minor one (not for the arch-specific sm_90a and later).

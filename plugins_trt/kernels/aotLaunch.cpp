@@ -631,7 +631,8 @@ std::string launchFreeActQuantize(void const* x, FloatType xType, int32_t const*
             int64_t const stride1 = shape.kronPerType ? int64_t{shape.d1} * shape.d1 : 0;
             int64_t const stride2 = shape.kronPerType ? int64_t{shape.d2} * shape.d2 : 0;
             args.ptr(x).ptr(types).ptr(smooth).ptr(kron1).ptr(kron2).ptr(masks).ptr(clip).ptr(codes).ptr(scale);
-            args.i32(shape.d).i32(shape.d1).i32(shape.d2).i32(stride1).i32(stride2).i32(shape.bits).scratch();
+            args.i32(shape.d).i32(shape.d1).i32(shape.d2).i32(stride1).i32(stride2).i32(shape.bits);
+            args.i32(shape.numTypes).scratch();
         }
         else
         {
@@ -641,7 +642,7 @@ std::string launchFreeActQuantize(void const* x, FloatType xType, int32_t const*
                 return missingKernel(KernelKind::kQUANTIZE_PLAIN, current, "no transform");
             }
             args.ptr(x).ptr(types).ptr(smooth).ptr(masks).ptr(clip).ptr(codes).ptr(scale);
-            args.i32(shape.d).i32(shape.bits).scratch();
+            args.i32(shape.d).i32(shape.bits).i32(shape.numTypes).scratch();
         }
         // One program per token (launch.py: grid (tokens,)).
         return launch(current, index, static_cast<uint64_t>(shape.tokens), 1, 1, args, stream);

@@ -110,8 +110,8 @@ struct Signature
     int32_t ints;
 };
 std::map<std::string, Signature> const kSignatures = {
-    {"quantize_kron", {9, 6}},  // x, types, smooth, k1, k2, masks, clip, codes, scale; d, d1, d2, 2 strides, bits
-    {"quantize_plain", {7, 2}}, // x, types, smooth, masks, clip, codes, scale; d, bits
+    {"quantize_kron", {9, 7}},  // x, types, smooth, k1, k2, masks, clip, codes, scale; d, d1, d2, 2 strides, bits, K
+    {"quantize_plain", {7, 3}}, // x, types, smooth, masks, clip, codes, scale; d, bits, K
     {"int4_matmul", {6, 9}},    // a, scale, w, ws, bias, out; M, N, K, seg_len, segs, segs_per_split, ws_seg_div, groups, has_bias
     {"splitk_reduce", {4, 4}},  // part, scale, bias, out; M, N, splits, has_bias
 };
@@ -120,7 +120,7 @@ constexpr int32_t kScratchPointers = 2;
 //! Dynamic + static shared memory a block may use, opt-in included (CUDA C Programming Guide, "Features
 //! and Technical Specifications"; aot.py's SHARED_LIMIT has the same numbers).
 std::map<int64_t, int64_t> const kSharedLimit = {{80, 166912}, {86, 101376}, {87, 166912}, {89, 101376},
-    {90, 232448}, {100, 232448}, {110, 232448}, {120, 101376}};
+    {90, 232448}, {100, 232448}, {103, 232448}, {110, 232448}, {120, 101376}, {121, 101376}};
 
 char const* const kVariantFields[] = {"kernel", "x_half", "d1p", "d2p", "a_kind", "bm", "bn", "bk", "partial"};
 

@@ -205,12 +205,12 @@ def test_the_plugins_refuse_the_shapes_launch_refuses(build_dir):
 
 def test_the_architecture_fallback_rule(build_dir):
     answers = _plan(build_dir, ["arch 80", "arch 86", "arch 88", "arch 89", "arch 90", "arch 103", "arch 121",
-                                "arch 75"])
-    assert answers[:5] == ["80", "86", "87", "89", "90"]  # exact, else same major and a lower minor
-    # sm_100a / sm_120a cubins run on compute capability 10.0 / 12.0 only: no fallback for 10.3 or 12.1.
-    assert answers[5].startswith("0 this GPU is sm_103") and "sm_100a" in answers[5]
-    assert answers[6].startswith("0 this GPU is sm_121") and "sm_120a" in answers[6]
-    assert answers[7].startswith("0 this GPU is sm_75") and "sm_80, sm_86" in answers[7]
+                                "arch 101", "arch 122", "arch 75"])
+    assert answers[:7] == ["80", "86", "87", "89", "90", "103", "121"]  # exact, else same major, lower minor
+    # sm_100a / sm_120a cubins run on compute capability 10.0 / 12.0 only: no fallback for 10.1 or 12.2.
+    assert answers[7].startswith("0 this GPU is sm_101") and "sm_100a" in answers[7]
+    assert answers[8].startswith("0 this GPU is sm_122") and "sm_121a" in answers[8]
+    assert answers[9].startswith("0 this GPU is sm_75") and "sm_80, sm_86" in answers[9]
 
 
 def test_build_arguments(monkeypatch):

@@ -85,6 +85,27 @@ def test_a_wrong_code_fails_the_tie_check():
         assert_quantize_matches((codes, scale), inputs, 8, kronecker=1)
 
 
+def test_a_type_outside_the_range_reads_nothing_out_of_bounds():
+    """The contract forbids it; the kernel clamps it into [0, K) rather than read past masks and factors."""
+    rng = np.random.default_rng(5)
+    inputs = list(quantize_inputs(6, 4, 8, 2, True, rng))
+    inputs[1] = np.array([-3, 0, 1, 2, 7, 1], np.int32)
+    codes, scale = launch.freeact_quantize(*(_t(a) for a in inputs), bits=8)
+    inputs[1] = np.clip(inputs[1], 0, 1).astype(np.int32)
+    assert_quantize_matches((codes, scale), inputs, 8, kronecker=1)
+
+
+def test_empty_inner_dimensions():
+    """k = 0: every dot is 0, so y is the bias; d = 0: no codes, scale 1 (amax 0)."""
+    y = launch.int4_matmul(torch.zeros(3, 0, dtype=torch.int8), torch.ones(3, 1), torch.zeros(5, 0, dtype=torch.int8),
+                           torch.ones(5, 1), torch.arange(5.0))
+    assert torch.equal(y, torch.arange(5.0).expand(3, 5))
+    codes, scale = launch.freeact_quantize(torch.zeros(2, 0), torch.zeros(2, dtype=torch.int32), torch.ones(0),
+                                           torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 0), torch.ones(1),
+                                           bits=8, kronecker=0)
+    assert codes.shape == (2, 0) and torch.equal(scale, torch.ones(2, 1))
+
+
 def test_shapes_without_a_tile_are_refused_in_one_line():
     from freeact_export.errors import UserError
 
