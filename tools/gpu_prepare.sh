@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 ARCHS=${FREEACT_GPU_ARCHS:-80;86;87;89;90;100;103;110;120;121}
 python -c "from freeact_export.runtime.plugin_lib import build; print(build('plugins_trt/build-gpu', cuda_archs='$ARCHS'))"
 # Only what the GPU tests use: a build folder holds the cubins three times over (blob, objects, plan test).
-rm -rf out/gpu_assets/plugin
+# out/gpu_assets/ is this script's own output: written afresh each time.
+rm -rf out/gpu_assets
 mkdir -p out/gpu_assets/plugin/aot
 cp plugins_trt/build-gpu/libfreeact_trt_plugins.so plugins_trt/build-gpu/freeact_host_test out/gpu_assets/plugin/
 cp plugins_trt/build-gpu/aot/aot_kernels.json out/gpu_assets/plugin/aot/

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{key}/weight": weights["weight"], f"{key}/weight_scale": weights["weight_scale"],
                        f"{key}/bias": weights["bias"], f"{key}/group_size": np.int32(weights["group_size"])})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out, overwrite=True) as partial:
+    with atomic_path(args.out) as partial:  # an existing file is refused: move it away first
         with open(partial, "wb") as f:
             np.savez(f, **arrays)
     print(f"{len(layers)} layers ({', '.join(g.name for g in layers)}) → {args.out} "
