@@ -130,7 +130,8 @@ def compile_variant(variant: Variant, arch: int) -> dict:
     # No line info: it would keep the PTX text in every cubin, half the library's size.
     os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
+                              options={"num_warps": variant.num_warps, "num_stages": variant.num_stages,
+                                       **variants.COMPILE_OPTIONS})
     meta = compiled.metadata
     for field in ("global_scratch_size", "profile_scratch_size"):
         if getattr(meta, field, 0):

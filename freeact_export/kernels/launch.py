@@ -137,10 +137,10 @@ def freeact_quantize(x: torch.Tensor, types: torch.Tensor, smooth: torch.Tensor,
             kernels["quantize_kron"][(tokens,)](
                 x, types, smooth, kron_1, kron_2, masks, clip, codes, scale, d, d1, d2,
                 d1 * d1 if per_type else 0, d2 * d2 if per_type else 0, bits, num_types,
-                D1P=tile[0], D2P=tile[1], num_warps=variants.kron_warps(tile))
+                D1P=tile[0], D2P=tile[1], num_warps=variants.kron_warps(tile), **variants.COMPILE_OPTIONS)
         else:
             kernels["quantize_plain"][(tokens,)](x, types, smooth, masks, clip, codes, scale, d, bits, num_types,
-                                                 CHUNK=variants.PLAIN_CHUNK, num_warps=4)
+                                                 CHUNK=variants.PLAIN_CHUNK, num_warps=4, **variants.COMPILE_OPTIONS)
     return codes, scale
 
 
@@ -219,7 +219,7 @@ def int4_matmul(codes: torch.Tensor, scale: torch.Tensor | None, weight: torch.T
     scale_arg = weight_scale if scale is None else scale
     bias_arg = weight_scale if bias is None else bias
     grid = (-(-tokens // tile.bm), -(-n // tile.bn), splits)
-    meta = dict(A_KIND=a_kind, BM=tile.bm, BN=tile.bn, BK=tile.bk, num_warps=tile.num_warps,
+    meta = dict(A_KIND=a_kind, BM=tile.bm, BN=tile.bn, BK=tile.bk, num_warps=tile.num_warps, **variants.COMPILE_OPTIONS,
                 num_stages=tile.num_stages)
     with _on(device):
         if splits == 1:
@@ -231,7 +231,7 @@ def int4_matmul(codes: torch.Tensor, scale: torch.Tensor | None, weight: torch.T
                                      segs, per_split, ws_div, groups, 0, PARTIAL=1, **meta)
         kernels["splitk_reduce"][(tokens, -(-n // variants.REDUCE_BN))](
             partial, scale_arg, bias_arg, y, tokens, n, splits, int(bias is not None), A_KIND=a_kind,
-            BN=variants.REDUCE_BN, num_warps=variants.REDUCE_WARPS)
+            BN=variants.REDUCE_BN, num_warps=variants.REDUCE_WARPS, **variants.COMPILE_OPTIONS)
     return y
 
 

@@ -11,11 +11,13 @@ the transform's sums may add in another order than NumPy's: that is the one sour
 differences, at rounding ties (tests/unit/test_triton_kernels.py bounds it).
 
 The bodies are plain functions, made into kernels by variants.py (JIT or interpreter, and the
-ahead-of-time build): no helper is a separate @triton.jit function, so one body works in both.
+ahead-of-time build). Their helpers are @triton.jit functions: like Triton's own library (tl.max),
+they are compiled or interpreted as the process decided when triton.language was first imported.
 """
 
 from __future__ import annotations
 
+import triton
 import triton.language as tl
 
 # Round half to even in two exact fp32 additions: adding 1.5 · 2^23 leaves no fraction bits, so the
@@ -61,19 +63,14 @@ def quantize_kron_body(x_ptr, types_ptr, smooth_ptr, k1_ptr, k2_ptr, masks_ptr, 
     y = y * tl.load(masks_ptr + kind * d + flat, mask=inside, other=0.0)
 
     qmax = tl.where(bits == 4, 7.0, 127.0)
-    absmax = tl.max(tl.max(tl.abs(y), axis=1), axis=0) * tl.load(clip_ptr + kind)
-    scale = tl.where(absmax > 0, tl.div_rn(absmax, qmax), 1.0)
+    scale = _scale(tl.max(tl.max(tl.abs(y), axis=1), axis=0), tl.load(clip_ptr + kind), qmax)
     tl.store(scale_ptr + token, scale)
-    q = tl.div_rn(y, scale)
-    q = (q + ROUNDER) - ROUNDER
-    q = tl.minimum(tl.maximum(q, -qmax - 1.0), qmax).to(tl.int32)
+    q = _codes(y, scale, qmax)
     if bits == 8:
         tl.store(codes_ptr + token * d + flat, q.to(tl.int8), mask=inside)
     else:
-        even, odd_k = tl.split(tl.reshape(q, (D1P, D2P // 2, 2)))
-        packed = ((even & 0xF) | ((odd_k & 0xF) << 4)).to(tl.int8)
         half_cols = tl.arange(0, D2P // 2)[None, :]
-        tl.store(codes_ptr + token * (d // 2) + rows * (d2 // 2) + half_cols, packed,
+        tl.store(codes_ptr + token * (d // 2) + rows * (d2 // 2) + half_cols, _pack_pairs(q, D1P, D2P),
                  mask=(rows < d1) & (half_cols < d2 // 2))
 
 
@@ -90,28 +87,47 @@ def quantize_plain_body(x_ptr, types_ptr, smooth_ptr, masks_ptr, clip_ptr, codes
     amax = tl.zeros((CHUNK,), tl.float32)
     for start in range(0, d, CHUNK):
         k = start + offsets
-        inside = k < d
-        x = tl.load(x_ptr + token * d + k, mask=inside, other=0.0).to(tl.float32)
-        y = tl.div_rn(x, tl.load(smooth_ptr + k, mask=inside, other=1.0))
-        y = y * tl.load(masks_ptr + kind * d + k, mask=inside, other=0.0)
-        amax = tl.maximum(amax, tl.abs(y))
+        amax = tl.maximum(amax, tl.abs(_plain_chunk(x_ptr, smooth_ptr, masks_ptr, token, kind, d, k)))
     qmax = tl.where(bits == 4, 7.0, 127.0)
-    absmax = tl.max(amax, axis=0) * tl.load(clip_ptr + kind)
-    scale = tl.where(absmax > 0, tl.div_rn(absmax, qmax), 1.0)
+    scale = _scale(tl.max(amax, axis=0), tl.load(clip_ptr + kind), qmax)
     tl.store(scale_ptr + token, scale)
     for start in range(0, d, CHUNK):
         k = start + offsets
-        inside = k < d
-        x = tl.load(x_ptr + token * d + k, mask=inside, other=0.0).to(tl.float32)
-        y = tl.div_rn(x, tl.load(smooth_ptr + k, mask=inside, other=1.0))
-        y = y * tl.load(masks_ptr + kind * d + k, mask=inside, other=0.0)
-        q = tl.div_rn(y, scale)
-        q = (q + ROUNDER) - ROUNDER
-        q = tl.minimum(tl.maximum(q, -qmax - 1.0), qmax).to(tl.int32)
+        q = _codes(_plain_chunk(x_ptr, smooth_ptr, masks_ptr, token, kind, d, k), scale, qmax)
         if bits == 8:
-            tl.store(codes_ptr + token * d + k, q.to(tl.int8), mask=inside)
+            tl.store(codes_ptr + token * d + k, q.to(tl.int8), mask=k < d)
         else:
-            even, odd_k = tl.split(tl.reshape(q, (CHUNK // 2, 2)))
-            packed = ((even & 0xF) | ((odd_k & 0xF) << 4)).to(tl.int8)
             half = start // 2 + tl.arange(0, CHUNK // 2)
+            packed = tl.reshape(_pack_pairs(tl.reshape(q, (1, CHUNK)), 1, CHUNK), (CHUNK // 2,))
             tl.store(codes_ptr + token * (d // 2) + half, packed, mask=half < d // 2)
+
+
+@triton.jit
+def _plain_chunk(x_ptr, smooth_ptr, masks_ptr, token, kind, d, k):
+    """(x / smooth) ⊙ masks[kind] at the row positions k (zero past d)."""
+    inside = k < d
+    x = tl.load(x_ptr + token * d + k, mask=inside, other=0.0).to(tl.float32)
+    y = tl.div_rn(x, tl.load(smooth_ptr + k, mask=inside, other=1.0))
+    return y * tl.load(masks_ptr + kind * d + k, mask=inside, other=0.0)
+
+
+@triton.jit
+def _scale(amax, clip, qmax):
+    """amax · clip / qmax, or 1 where that is 0 (quantizers._scale_zero's float32 steps)."""
+    absmax = amax * clip
+    return tl.where(absmax > 0, tl.div_rn(absmax, qmax), 1.0)
+
+
+@triton.jit
+def _codes(y, scale, qmax):
+    """clamp(round_half_to_even(y / scale), -qmax - 1, qmax) as int32."""
+    q = tl.div_rn(y, scale)
+    q = (q + ROUNDER) - ROUNDER
+    return tl.minimum(tl.maximum(q, -qmax - 1.0), qmax).to(tl.int32)
+
+
+@triton.jit
+def _pack_pairs(q, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """int codes [ROWS, COLS] → int8 [ROWS, COLS / 2]: the even column in the low nibble, two's complement."""
+    even, odd = tl.split(tl.reshape(q, (ROWS, COLS // 2, 2)))
+    return ((even & 0xF) | ((odd & 0xF) << 4)).to(tl.int8)

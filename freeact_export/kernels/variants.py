@@ -36,6 +36,9 @@ MATMUL_TILES = (
     MatmulTile("medium", 128, bm=64, bn=128, bk=128, num_warps=4, num_stages=3, split_k=False),
     MatmulTile("prefill", None, bm=128, bn=128, bk=128, num_warps=8, num_stages=3, split_k=False),
 )
+# No fused multiply-add contraction beyond the dots' own: every product and sum rounds as written, on
+# every Triton version (3.9 fuses by default, 3.10 will not), in the JIT and the AOT build alike.
+COMPILE_OPTIONS = {"enable_fp_fusion": False}
 REDUCE_BN = 256
 REDUCE_WARPS = 4
 # Split-K: aim for this many programs per streaming multiprocessor, in slices of at least MIN_SPLIT_K of K.
