@@ -10,6 +10,7 @@
 #pragma once
 
 #include "aotKernels.h"
+#include "aotSelect.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -64,7 +65,8 @@ std::string currentDeviceUnsupported();
 
 //! y = ((x / smooth) (kron1[t] ⊗ kron2[t])) ⊙ masks[t] in float32 for a token of type t, then
 //! scale = amax|y| · clip[t] / qmax (1 where that is 0) and codes = clamp(rint(y / scale), -qmax-1, qmax).
-//! Types must lie in [0, K) (the op contract; the kernel does not clamp them). Every pointer must be
+//! Types must lie in [0, K) (the op contract; the kernel clamps any other into range, reading nothing
+//! out of bounds). Every pointer must be
 //! 16-byte aligned (the cubins are compiled so). `stream` is a CUstream / cudaStream_t.
 std::string launchFreeActQuantize(void const* x, FloatType xType, int32_t const* types, float const* smooth,
     float const* kron1, float const* kron2, float const* masks, float const* clip, QuantizeShape const& shape,
@@ -82,40 +84,4 @@ size_t int4MatMulWorkspaceSize(int64_t maxTokens, int64_t k, int64_t n, int32_t 
 std::string launchInt4MatMul(int8_t const* codes, float const* scale, int8_t const* weight, float const* weightScale,
     float const* bias, MatMulShape const& shape, float* y, void* workspace, size_t workspaceBytes, void* stream);
 
-namespace aot
-{
-
-// The launchers' decisions as pure functions of the generated tables, for tests
-// (tests/planTest.cpp checks them against variants.py).
-
-//! variants.kron_tile + kron_warps: the first kKronTiles entry holding [d1, d2], or null.
-KronTile const* kronTile(int64_t d1, int64_t d2);
-
-//! variants.matmul_tile: the bucket of a token count.
-MatmulTile const& matmulTile(int64_t tokens);
-
-//! variants.split_plan, and the number of splits (the grid's third axis) it gives.
-struct SplitPlan
-{
-    int64_t segLen{0};
-    int64_t segs{0};
-    int64_t segsPerSplit{1};
-    int64_t wsSegDiv{1};
-    int64_t splits{1};
-};
-SplitPlan splitPlan(MatmulTile const& tile, int64_t n, int64_t k, int64_t groupSize, int64_t multiprocessors);
-
-//! The most splits splitPlan gives for (k, groupSize) on any number of multiprocessors (1 without split_k).
-int64_t maxSplits(MatmulTile const& tile, int64_t k, int64_t groupSize);
-
-//! The cubin architecture for a device of compute capability sm (major * 10 + minor): the table's exact
-//! sm, else the highest one of the same major and a lower minor that is not arch-specific (an sm_90a,
-//! sm_100a cubin runs on exactly that compute capability); else 0 and `error` names the device's sm and
-//! the architectures the library holds.
-int32_t chooseArch(int32_t sm, std::string* error);
-
-//! The architectures in kKernels, ascending, each once.
-std::string archList();
-
-} // namespace aot
 } // namespace freeact
