@@ -13,18 +13,15 @@ from freeact_export.calibrate.run import CalibrationRecord
 from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, bits_preset
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.quantize.astro import astro_weight
-from freeact_export.quantize.baselines import BASELINES, baseline_transform
 from freeact_export.quantize.checkpoint import LearnedGroups
-from freeact_export.quantize.freeact import learn_freeact
 from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
+from freeact_export.quantize.methods import GroupInput, GroupTransform, lookup, method_names, registry
 from freeact_export.quantize.quantizers import quantize
 from freeact_export.transforms.apply import weight_side
 
-LEARNED = ("flatquant", "freeact", "freeact-general")
-TRANSFORMS = (*BASELINES, *LEARNED)
-# "astro" reshapes the weights (no transform; weight-only), then rounds them to nearest.
-# "<method>+gptq" quantizes the folded weights with GPTQ instead of round-to-nearest.
-METHODS = (*TRANSFORMS, "astro", *(f"{t}+gptq" for t in (*TRANSFORMS, "astro")))
+# Every registered method (quantize/methods/), then each with +gptq.
+METHODS = method_names()
+LEARNED = tuple(name for name, m in registry().items() if m.learned)
 # FreeAct's general per-type variant: the most accurate W4A4 transform (README, accuracy);
 # +gptq composes with it.
 DEFAULT_METHOD = "freeact-general"
@@ -95,44 +92,37 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
         checkpoint: a folder where learned groups are saved as they finish and read back when
             a run with the same settings is started again (learned methods only).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method}; choose one of {', '.join(METHODS)}")
-    base, _, weight_method = method.partition("+")
+    base, gptq = lookup(method)
     num_types = record.token_types.num_types
     freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
     groups, act_spec, learned = [], None, []
     saved, resumed = None, 0
-    if checkpoint is not None and base in LEARNED:
+    if checkpoint is not None and base.learned:
         saved = learned_groups(checkpoint, record, method, bits, seed, freeact)
     for index, group in enumerate(tqdm(record.groups, desc=f"plan ({method})", unit="group", disable=not progress)):
         linears = [weights(name) for name in group.linears]
-        group_weights = [w for w, _ in linears]
         weight_spec, act_spec = bits_preset(bits, group.in_features)
-        group_seed = seed * 1_000_003 + index
-        weight_clip = None
         stats = record.stats[group.name]
-        if base in LEARNED:
-            kind = "kronecker"
-            result = None if saved is None else saved.load(index, group.name)
-            resumed += result is not None
-            if result is None:
-                start = time.perf_counter()
-                result = learn_freeact(group.name, stats, group_weights, weight_spec, act_spec, freeact,
-                                       base == "flatquant", group_seed, base == "freeact-general")
-                if saved is not None:
-                    saved.save(index, *result, learn_s=time.perf_counter() - start)
-            tensors, weight_clip, info = result
-            learned.append(info)
+        task = GroupInput(group.name, stats, [w for w, _ in linears], weight_spec, act_spec, freeact,
+                          seed * 1_000_003 + index, num_types)
+        kept = None if saved is None else saved.load(index, group.name)
+        resumed += kept is not None
+        if kept is not None:
+            result = GroupTransform("kronecker", *kept)
         else:
-            kind, tensors = baseline_transform("rtn" if base == "astro" else base, group.name, stats, group_weights,
-                                               group_seed)
-            tensors["clip"] = torch.ones(num_types)
-        tensors = _stored(tensors)
-        hessian = transformed_hessian(stats, kind, tensors) if weight_method == "gptq" or base == "astro" else None
+            start = time.perf_counter()
+            result = base.plan_group(task)
+            if saved is not None:
+                saved.save(index, result.tensors, result.weight_clip, result.info,
+                           learn_s=time.perf_counter() - start)
+        if result.info is not None:
+            learned.append(result.info)
+        kind, tensors = result.kind, _stored(result.tensors)
+        hessian = transformed_hessian(stats, kind, tensors) if gptq or base.astro_weights else None
         groups.append(GroupPlan(group.name, group.in_features, kind, tensors,
-                                quantize_weights(group.linears, linears, kind, tensors, weight_spec, weight_clip,
-                                                 hessian if weight_method == "gptq" else None,
-                                                 hessian if base == "astro" else None), weight_spec))
+                                quantize_weights(group.linears, linears, kind, tensors, weight_spec,
+                                                 result.weight_clip, hessian if gptq else None,
+                                                 hessian if base.astro_weights else None), weight_spec))
     info = {"seed": seed}
     if learned:
         info.update(freeact=freeact.to_dict(), learning=learned)
