@@ -23,7 +23,7 @@ linear layers into FreeActQuantize + Int4MatMul, build TensorRT engines, prove p
 deploy to Triton or edge GPUs.
 
 The pipeline, one stage per command:
-  eval      perplexity of a PyTorch or ONNX model (shared/EVAL.md protocol)
+  eval      perplexity of a PyTorch or ONNX model (docs/evaluation.md protocol)
   export    floating-point ONNX of a decoder LM, checked against PyTorch
   quantize  a quantization plan and its simulated perplexity (FreeAct and every baseline)
   MODEL.onnx  the ONNX-in path: calibrate, plan, rewrite to plugin + portable graphs, check
@@ -63,7 +63,7 @@ def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval", formatter_class=formatter, help="perplexity of a PyTorch or ONNX model",
         description=textwrap.dedent("""\
-            Perplexity on a corpus's eval split, exactly per shared/EVAL.md: the eval text is
+            Perplexity on a corpus's eval split, exactly per docs/evaluation.md: the eval text is
             tokenized once without special tokens, cut into consecutive windows of --seqlen
             tokens, each window one sequence without KV cache; BOS is prefixed as context only
             where the tokenizer adds it by default. PyTorch models run in --dtype on --device;
@@ -179,7 +179,7 @@ def _add_quantize(sub) -> None:
         "quantize", formatter_class=formatter, help="quantize a PyTorch model into a plan; simulated perplexity",
         description=textwrap.dedent("""\
             Calibrate a PyTorch model per token type, compute a quantization plan, and measure
-            its perplexity with fake quantization (EVAL.md protocol) before anything is exported.
+            its perplexity with fake quantization (docs/evaluation.md protocol) before anything is exported.
 
             methods: rtn (no transform), smoothquant (alpha 0.5), quarot (randomised Hadamard
             on every linear group's input), smoothrot (smoothing alpha 0.5, then Hadamard),
@@ -187,7 +187,7 @@ def _add_quantize(sub) -> None:
             (the same shared weight transform with per-type activation masks), freeact-general
             (per-type activation factors A_k1 ⊗ A_k2 on the one shared weight fold). Append +gptq
             to any method to quantize its transformed weights with GPTQ (e.g. quarot+gptq).
-            bits (EVAL.md): w4a4 / w4a8 = INT4 per-channel weights, INT4 / INT8 per-token
+            bits (docs/evaluation.md): w4a4 / w4a8 = INT4 per-channel weights, INT4 / INT8 per-token
             activations; w4a16 = INT4 weights in groups of 128, float activations.
             types: token-type rules, first match wins, type 0 = every other token:
               single                       one type
@@ -196,7 +196,7 @@ def _add_quantize(sub) -> None:
               vision=input:token_type_ids  an explicit model input
               sink=pos:1;mask=ids:126336   combinations
             presets: cpu = 32 calibration windows x 512 tokens, 100 learning steps per group;
-            gpu = 128 x 1024 tokens (EVAL.md), 1500 steps: meant for a GPU (hours of learning on a
+            gpu = 128 x 1024 tokens (docs/evaluation.md), 1500 steps: meant for a GPU (hours of learning on a
             CPU; --checkpoint DIR keeps each learned group, so a stopped run resumes)."""),
         epilog=textwrap.dedent("""\
             examples:
@@ -352,7 +352,7 @@ def _add_check(sub) -> None:
             the logits must agree to float precision (SQNR >= 60 dB). So the result is the same
             on every CPU. Last, the portable graph's perplexity must be as close to the plan's as
             float-order noise allows: within 4 standard errors of the per-window noise between the
-            simulation and its float64-transform twin, from their mean (at least EVAL.md's 0.5 %). Inputs,
+            simulation and its float64-transform twin, from their mean (at least 0.5 %; docs/parity.md). Inputs,
             outputs and check.json go to DIR/check/ (replaced on each run). Exit status 1 when
             anything fails; the first diverging group is named."""),
         epilog=textwrap.dedent("""\
