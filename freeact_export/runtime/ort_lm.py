@@ -20,7 +20,7 @@ def exact_session_options() -> ort.SessionOptions:
     """Options under which ONNX Runtime computes what the graph says.
 
     ORT fuses an INT4 DequantizeLinear + MatMul into MatMulNBits at accuracy level 4 by
-    default, which silently quantizes the activations to int8 (DESIGN.md, platform facts);
+    default, which silently quantizes the activations to int8 (docs/design.md, platform facts);
     level 0 keeps the float computation. Harmless for graphs without such a pattern.
     """
     options = ort.SessionOptions()
