@@ -7,7 +7,7 @@ serves both. Every node also carries the string attributes `plugin_version` / `p
 
 Packed INT4 (every "packed" tensor below): int8 [..., K/2]; byte i holds element 2i in its low
 nibble and element 2i+1 in its high nibble, as 4-bit two's complement. These are the bytes of
-`freeact_export.quantize.packing.pack_int4`, reinterpreted as int8 (DESIGN.md: the TensorRT path
+`freeact_export.quantize.packing.pack_int4`, reinterpreted as int8 (docs/design.md: the TensorRT path
 takes INT4 packed into INT8, not UINT8).
 """
 
