@@ -1,1 +1,1 @@
-"""Accuracy measurement: perplexity per shared/EVAL.md, for any logits runner."""
+"""Accuracy measurement: perplexity per docs/evaluation.md, for any logits runner."""
