@@ -1,4 +1,4 @@
-"""Perplexity exactly as shared/EVAL.md defines it, independent of the runtime.
+"""Perplexity exactly as docs/evaluation.md defines it, independent of the runtime.
 
 The eval text is tokenized once (no special tokens) and cut into consecutive windows of
 `seqlen` tokens. Where the tokenizer adds BOS by default, each window gets BOS in front as
@@ -30,7 +30,7 @@ class LogitsRunner(Protocol):
 
 
 def bos_context_id(tokenizer) -> int | None:
-    """BOS id when the tokenizer prepends it by default (EVAL.md's BOS rule), else None."""
+    """BOS id when the tokenizer prepends it by default (the BOS rule of docs/evaluation.md), else None."""
     bos = tokenizer.bos_token_id
     ids = tokenizer("The").input_ids
     return bos if bos is not None and len(ids) > 0 and ids[0] == bos else None
@@ -56,7 +56,7 @@ class Windows:
 
 
 def eval_windows(token_ids: list[int], spec: EvalSpec, bos_id: int | None, corpus: str) -> Windows:
-    """Cut a token stream into EVAL.md windows; UserError if not even one fits."""
+    """Cut a token stream into the windows of docs/evaluation.md; UserError if not even one fits."""
     available = len(token_ids) // spec.seqlen
     if available == 0:
         raise UserError(f"corpus {corpus} has {len(token_ids)} tokens, fewer than one window of "
