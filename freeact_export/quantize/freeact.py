@@ -21,7 +21,7 @@ The general per-type variant (`per_type=True`, method "freeact-general") replace
 per-type activation factors: type k's tokens take x̃_k = (x / s)(A_k1 ⊗ A_k2) while the weights
 keep the one shared fold W diag(s)(P1 ⊗ P2)⁻ᵀ. Exact whenever A_k − P maps type k's row space to
 zero (X_k A_k = X_k P), a set far larger than {A_k = P} for rank-deficient types such as
-attention sinks (DESIGN.md: Penrose's solution set). The A_k start from the first half's learned
+attention sinks (docs/design.md: Penrose's solution set). The A_k start from the first half's learned
 P and are learned with it in the second half, against the shared branch; the lower objective wins.
 """
 
