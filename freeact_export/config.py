@@ -27,7 +27,7 @@ class _Versioned:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec(_Versioned):
-    """Perplexity protocol of shared/EVAL.md: non-overlapping windows of the eval split.
+    """Perplexity protocol of docs/evaluation.md: non-overlapping windows of the eval split.
 
     Attributes:
         seqlen: tokens per window (the window's own tokens; a BOS context token, where the
@@ -121,7 +121,7 @@ BITS_PRESETS = ("w4a4", "w4a8", "w4a16")
 
 
 def bits_preset(name: str, in_features: int) -> tuple[QuantSpec, QuantSpec | None]:
-    """EVAL.md's standard settings: (weight quantizer, activation quantizer or None).
+    """The standard settings of docs/evaluation.md: (weight quantizer, activation quantizer or None).
 
     W4A4 / W4A8: INT4 symmetric per output channel, INT4 / INT8 symmetric per token.
     W4A16: INT4 symmetric in groups of 128 inputs (per channel where `in_features` is not a
@@ -138,7 +138,7 @@ def bits_preset(name: str, in_features: int) -> tuple[QuantSpec, QuantSpec | Non
 
 @dataclasses.dataclass(frozen=True)
 class CalibSpec(_Versioned):
-    """Calibration data per shared/EVAL.md: windows at uniformly random offsets, seed 0.
+    """Calibration data per docs/evaluation.md: windows at uniformly random offsets, seed 0.
 
     Attributes:
         windows / seqlen: how many windows of how many tokens (CPU preset: 32 x 512).
@@ -160,7 +160,7 @@ class CalibSpec(_Versioned):
             raise ValueError("samples_per_type must be >= 0 and min_tokens >= 1")
 
 
-# Calibration presets (EVAL.md): the CPU one says what it trades away in its name.
+# Calibration presets (docs/evaluation.md): the CPU one says what it trades away in its name.
 CALIB_PRESETS = {
     "cpu": CalibSpec(windows=32, seqlen=512),
     "gpu": CalibSpec(windows=128, seqlen=1024, samples_per_type=8192),
@@ -178,7 +178,7 @@ class FreeActSpec(_Versioned):
         dedicated_fraction: r_k / d, the dimensions dedicated to each type (paper: 1/32).
         init: "hadamard" (where both Kronecker factors have one, else orthogonal) or "orthogonal".
         type_weighting: "tokens" sums the squared error over all calibration tokens, so each
-            type weighs by its share of tokens (DESIGN's objective); "equal" gives every type's
+            type weighs by its share of tokens (the objective in docs/design.md); "equal" gives every type's
             relative error the same weight (rare types such as sinks count as much as the rest).
     """
 
