@@ -22,7 +22,7 @@ What must hold:
   perplexity  the portable graph's (ONNX Runtime) against the spread of equally valid references: the
               simulation and the same simulation with its transform in float64 differ window by window
               by float-order noise alone; the portable graph may differ from their mean by
-              PERPLEXITY_Z standard errors of that noise, or by EVAL.md's 0.5 %, whichever is larger
+              PERPLEXITY_Z standard errors of that noise, or by a 0.5 % floor, whichever is larger
               (see _judge_perplexity).
 Inputs and every runner's logits are saved with Polygraphy under DIR/check/ (polygraphy inspect
 data / run --load-inputs read them); the codes comparison is summarised in check.json.
@@ -70,7 +70,7 @@ LOGITS_MIN_SQNR_DB = 30.0
 # engine is held to the float64-transform simulation's distance from the float32 one, less this margin.
 FLOOR_MARGIN_DB = 6.0
 FLOOR_RUNNER = "simulation (float64 transform)"
-# Perplexity: EVAL.md's 0.5 %, or PERPLEXITY_Z standard errors of the float-order noise, if larger.
+# Perplexity: a 0.5 % floor (docs/parity.md), or PERPLEXITY_Z standard errors of the float-order noise, if larger.
 PERPLEXITY_RTOL = 0.005
 PERPLEXITY_Z = 4.0
 CHECK_DIR = "check"
@@ -284,7 +284,7 @@ def _judge_perplexity(reference: list[float], twin: list[float], candidate: list
     sequence) and centred on zero (neither rounding order is favoured), with a per-run spread of
     sd(twin - reference) / sqrt(2). The candidate is compared with the two references' mean, from which
     an equally valid run differs by that spread times sqrt(1 + 1/2) per window; it passes within
-    PERPLEXITY_Z standard errors of that, or within EVAL.md's 0.5 % where float-order noise is smaller.
+    PERPLEXITY_Z standard errors of that, or within the 0.5 % floor where float-order noise is smaller.
     """
     ref, tw, cand = np.asarray(reference), np.asarray(twin), np.asarray(candidate)
     shift = float(np.mean(cand - (ref + tw) / 2))
