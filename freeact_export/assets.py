@@ -138,7 +138,7 @@ class Corpus:
 
 
 def _wiki_corpus(name: str, path: Path) -> Corpus:
-    """EVAL.md's split: entries in stored order; index % 10 == 9 is eval, the rest calibration."""
+    """The split of docs/evaluation.md: entries in stored order; index % 10 == 9 is eval, the rest calibration."""
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
         extracts = [entry["extract"] for entry in entries.values()]
