@@ -76,7 +76,7 @@ def write_json(record: dict, path: Path, overwrite: bool = False) -> None:
 def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str = "float32",
              device: str = "auto", tokenizer: str | None = None, progress: bool = True,
              plan: str | Path | None = None, runtime: str = "torch") -> dict:
-    """Perplexity of a PyTorch or ONNX model on a corpus's eval split, per shared/EVAL.md.
+    """Perplexity of a PyTorch or ONNX model on a corpus's eval split, per docs/evaluation.md.
 
     Args:
         model: registry name, Hugging Face folder, .gguf file, .onnx file or export folder
@@ -163,13 +163,13 @@ def _load_plan(folder: str | Path) -> Plan:
 
 
 def corpus_windows(tokenizer, corpus: Corpus, spec: EvalSpec) -> Windows:
-    """The EVAL.md windows of a corpus's eval split for this tokenizer (BOS rule included)."""
+    """The windows (docs/evaluation.md) of a corpus's eval split for this tokenizer (BOS rule included)."""
     token_ids = tokenizer(corpus.eval_text, add_special_tokens=False).input_ids
     return eval_windows(token_ids, spec, bos_context_id(tokenizer), corpus.name)
 
 
 def _perplexity_record(runner, windows: Windows, corpus: Corpus, spec: EvalSpec, progress: bool) -> dict:
-    """Run the EVAL.md protocol with any runner; the record holds every setting beside the figure."""
+    """Run the protocol of docs/evaluation.md with any runner; the record holds every setting beside the figure."""
     start = time.perf_counter()
     result = perplexity(runner, windows, progress)
     return {
@@ -284,7 +284,7 @@ def _check_choice(kind: str, value: str, choices) -> None:
 def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES, preset: str = "cpu", *,
                     device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
                     progress: bool = True, plan_output: Path | None = None) -> Calibrated:
-    """Load a PyTorch model and collect its per-type calibration statistics (EVAL.md sampling).
+    """Load a PyTorch model and collect its per-type calibration statistics (docs/evaluation.md sampling).
 
     Args:
         model: registry name, Hugging Face folder or .gguf (ONNX models take the ONNX-in path).
