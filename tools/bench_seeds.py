@@ -1,6 +1,6 @@
 """Seed spread of accuracy-benchmark cells: mean ± std over runs that differ only in --seed.
 
-EVAL.md asks for seeds 0-2 wherever a claim rests on a difference between methods. Each
+docs/evaluation.md asks for seeds 0-2 wherever a claim rests on a difference between methods. Each
 bench_accuracy.py output folder holds one seed; this tool reads several and writes the spread
 per cell, plus paired comparisons (same seed, same evaluation windows) of chosen method pairs.
 
