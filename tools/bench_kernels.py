@@ -14,7 +14,7 @@ per-tensor scales, fp16 output: what an H100 user would pick instead; it needs a
 a multiple of 16), and torch's int4 weight-only kernel
 (`aten._weight_int4pack_mm`, W4A16 with bf16 activations, groups of 128 — 64 where 128 does not
 divide K — the only layout it takes). Int4MatMul runs with INT4 activations per token and INT4
-weights per output channel (EVAL.md W4A4), fp16 output; FreeActQuantize takes fp16 x with
+weights per output channel (W4A4 of docs/evaluation.md), fp16 output; FreeActQuantize takes fp16 x with
 shared Kronecker factors of the planner's split (quantize.freeact.kron_dims).
 
 Writes <out>/bench_kernels.json (settings, every timing, derived figures), bench_kernels.md (the
