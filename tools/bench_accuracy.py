@@ -1,4 +1,4 @@
-"""Accuracy benchmark: EVAL.md perplexity of FP and every method at every bit setting, side by side.
+"""Accuracy benchmark: perplexity (docs/evaluation.md) of FP and every method at every bit setting, side by side.
 
 One calibration per token-type rule serves every method (baselines ignore types; the first
 --types rule is the main one); further --types rules add rows `METHOD[RULES]` for the methods
@@ -58,7 +58,7 @@ def main() -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--windows", type=int, default=32)
-    parser.add_argument("--seqlen", type=int, default=1024, help="eval window length (EVAL.md: 1024)")
+    parser.add_argument("--seqlen", type=int, default=1024, help="eval window length (docs/evaluation.md: 1024)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="folder for bench_accuracy.json / .md")
     parser.add_argument("--checkpoint", metavar="DIR",
