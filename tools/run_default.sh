@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the default model: set up, evaluate smollm2-135m in PyTorch, export it to
-# ONNX and evaluate that graph (EVAL.md protocol, wiki corpus), then the ONNX-in path:
+# ONNX and evaluate that graph (docs/evaluation.md protocol, wiki corpus), then the ONNX-in path:
 # calibrate the exported graph with ONNX Runtime, learn FreeAct W4A4 (the defaults: freeact-general,
 # token types sink=pos:1), write the plugin graph and the portable graph, and check three-way
 # parity and perplexities.
