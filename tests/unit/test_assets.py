@@ -14,7 +14,7 @@ from freeact_export.errors import UserError
 
 @pytest.mark.real_model
 def test_wiki_split_follows_eval_md():
-    # Independent statement of EVAL.md: every 10th entry from index 9 is eval, in file order.
+    # Independent statement of docs/evaluation.md: every 10th entry from index 9 is eval, in file order.
     raw = json.loads(CORPORA["wiki"].file.locate().read_text(encoding="utf-8"))
     extracts = [v["extract"] for v in raw.values()]
     assert len(extracts) == 10033
