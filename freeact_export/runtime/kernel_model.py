@@ -30,7 +30,7 @@ from freeact_export.kernels import launch
 from freeact_export.module_surgery import swap_module
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.rewrite.op_tensors import activation_tensors, weight_tensors
-from freeact_export.token_types import TokenTypes
+from freeact_export.runtime.torch_lm import TypedLogits
 from freeact_export.transforms.apply import kron_apply
 
 _OP_CONSTANTS = ("smooth", "kron_1", "kron_2", "masks", "clip")
@@ -58,7 +58,7 @@ class _SharedInput(torch.nn.Module):
     def types_for(self, x: torch.Tensor) -> torch.Tensor:
         if self.context.types is None:
             raise RuntimeError(f"group {self.group_name}: token types were not set before the forward")
-        return self.context.types.reshape(x.shape[:-1])
+        return self.context.types.reshape(x.shape[:-1]).to(torch.int32).contiguous()  # the kernels' type
 
     def compute(self, x: torch.Tensor):
         raise NotImplementedError
@@ -164,7 +164,7 @@ def install_kernels(model: torch.nn.Module, plan: Plan, context: TypeContext) ->
     return model
 
 
-class KernelLogits:
+class KernelLogits(TypedLogits):
     """LogitsRunner that runs a plan with the Triton kernels: token types from the inputs, then a forward.
 
     Takes ownership of `model` (its planned linears are replaced in place).
@@ -173,16 +173,4 @@ class KernelLogits:
     runtime = "freeact-kernels"
 
     def __init__(self, model: torch.nn.Module, plan: Plan):
-        self.token_types = TokenTypes.parse(plan.token_types)
-        self.context = TypeContext(self.token_types.num_types)
-        self.model = install_kernels(model, plan, self.context).eval()
-        self.device = next(self.model.parameters()).device
-        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> torch.Tensor:
-        ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device)
-        mask = None if attention_mask is None else torch.from_numpy(attention_mask).to(self.device)
-        self.context.types = self.token_types.assign(ids).reshape(-1).to(torch.int32).contiguous()
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return logits.float().cpu()
+        super().__init__(plan.token_types, lambda context: install_kernels(model, plan, context))

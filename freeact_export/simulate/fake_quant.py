@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,8 +19,8 @@ from freeact_export.config import QuantSpec
 from freeact_export.module_surgery import swap_module
 from freeact_export.plan import ONLINE_TENSORS, GroupPlan, Plan
 from freeact_export.quantize.quantizers import Quantized, dequantize, fake_quantize, quantize
+from freeact_export.runtime.torch_lm import TypedLogits
 from freeact_export.simulate.fit import require_fit
-from freeact_export.token_types import TokenTypes
 from freeact_export.transforms.apply import typed_activation_side
 
 
@@ -117,25 +116,13 @@ def apply_plan(model: torch.nn.Module, plan: Plan, context: TypeContext) -> torc
     return model
 
 
-class SimulatedLogits:
-    """LogitsRunner for a plan-executing model: token types from the inputs, then a forward."""
+class SimulatedLogits(TypedLogits):
+    """LogitsRunner for a plan-executing model (fake quantization): token types from the inputs, then a forward."""
 
     runtime = "torch-fakequant"
 
     def __init__(self, model: torch.nn.Module, plan: Plan):
         self.base_model = model
-        self.token_types = TokenTypes.parse(plan.token_types)
-        self.context = TypeContext(self.token_types.num_types)
-        self.model = apply_plan(model, plan, self.context).eval()
+        super().__init__(plan.token_types, lambda context: apply_plan(model, plan, context))
         # One ActivationPath per group, in plan order (named_modules lists each shared path once).
         self.paths = [m for _, m in self.model.named_modules() if isinstance(m, ActivationPath)]
-        self.device = next(self.model.parameters()).device
-        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> torch.Tensor:
-        ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device)
-        mask = None if attention_mask is None else torch.from_numpy(attention_mask).to(self.device)
-        self.context.types = self.token_types.assign(ids).reshape(-1)
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return logits.float().cpu()
