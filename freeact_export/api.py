@@ -17,7 +17,7 @@ import torch
 
 from freeact_export import __version__
 from freeact_export.assets import Corpus, ModelSource, resolve_corpus, resolve_model
-from freeact_export.calibrate.run import CalibrationRecord, calibrate, calibration_windows
+from freeact_export.calibrate.run import CalibrationRecord, calibrate, corpus_calibration_windows, parse_type_rules
 from freeact_export.config import (
     BITS_PRESETS,
     CALIB_PRESETS,
@@ -28,7 +28,7 @@ from freeact_export.config import (
     FreeActSpec,
 )
 from freeact_export.errors import UserError
-from freeact_export.evaluate.perplexity import Windows, bos_context_id, eval_windows, perplexity
+from freeact_export.evaluate.perplexity import Windows, bos_context_id, corpus_windows, perplexity
 from freeact_export.export.prefill import export_prefill
 from freeact_export.files import atomic_path, check_new_output, stamped
 from freeact_export.manifest import describe_torch_model
@@ -41,7 +41,7 @@ from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
 from freeact_export.simulate.fake_quant import SimulatedLogits
 from freeact_export.simulate.fit import require_fit, skeleton
-from freeact_export.token_types import DEFAULT_TYPES, TokenTypes
+from freeact_export.token_types import DEFAULT_TYPES
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -162,12 +162,6 @@ def _load_plan(folder: str | Path) -> Plan:
         raise UserError(f"cannot load the plan in {folder}: {err}") from None
 
 
-def corpus_windows(tokenizer, corpus: Corpus, spec: EvalSpec) -> Windows:
-    """The windows (docs/evaluation.md) of a corpus's eval split for this tokenizer (BOS rule included)."""
-    token_ids = tokenizer(corpus.eval_text, add_special_tokens=False).input_ids
-    return eval_windows(token_ids, spec, bos_context_id(tokenizer), corpus.name)
-
-
 def _perplexity_record(runner, windows: Windows, corpus: Corpus, spec: EvalSpec, progress: bool) -> dict:
     """Run the protocol of docs/evaluation.md with any runner; the record holds every setting beside the figure."""
     start = time.perf_counter()
@@ -272,8 +266,7 @@ class Calibrated:
     massive: dict
 
     def type_token_counts(self) -> dict[str, int]:
-        stats = self.record.stats[self.record.groups[0].name]
-        return {name: stats[k].count for k, name in enumerate(self.record.token_types.names)}
+        return self.record.type_token_counts()
 
 
 def _check_choice(kind: str, value: str, choices) -> None:
@@ -301,10 +294,7 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
     if source.kind == "onnx":
         raise UserError(f"{model} is ONNX; quantize it with 'freeact-export {model} ...' (the ONNX-in path)")
     _check_choice("preset", preset, CALIB_PRESETS)
-    try:
-        token_types = TokenTypes.parse(types)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    token_types = parse_type_rules(types)
     for rule in token_types.rules:  # calibration feeds the model input_ids alone
         if rule.kind == "input":
             raise UserError(f"token-type rule '{rule.to_text()}' needs the model input '{rule.input_name}', which "
@@ -314,13 +304,11 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
     device = resolve_device(device, source)
     tok = load_tokenizer(source)
     calib_spec = CALIB_PRESETS[preset] if calib is None else calib
-    bos, folder = bos_context_id(tok) is not None, config_folder(source)
+    folder = config_folder(source)
     if eval_spec is not None:
-        require_context(folder, eval_spec.seqlen, bos, "eval windows", "--seqlen")
-    require_context(folder, calib_spec.seqlen, bos, "calibration windows", "--calib-seqlen")
+        require_context(folder, eval_spec.seqlen, bos_context_id(tok) is not None, "eval windows", "--seqlen")
+    calib_windows = corpus_calibration_windows(tok, text, calib_spec, folder)
     windows = None if eval_spec is None else corpus_windows(tok, text, eval_spec)
-    calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
-    calib_windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
     torch_model = load_torch_model(source, "float32", device)
     if plan_output is not None:  # INT4 codes are stored a byte each; transforms and scales add little
         linear = sum(m.weight.numel() for m in torch_model.modules() if isinstance(m, torch.nn.Linear))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,8 +16,13 @@ from freeact_export.calibrate.massive import MassiveTokens
 from freeact_export.calibrate.stats import GroupRecorder, TypeContext, TypeStats
 from freeact_export.config import CalibSpec
 from freeact_export.errors import UserError
+from freeact_export.evaluate.perplexity import bos_context_id
 from freeact_export.module_surgery import swap_module
+from freeact_export.preflight import require_context
 from freeact_export.token_types import TokenTypes
+
+if TYPE_CHECKING:
+    from freeact_export.assets import Corpus
 
 
 @dataclasses.dataclass
@@ -27,6 +34,28 @@ class CalibrationRecord:
     stats: dict[str, list[TypeStats]]
     spec: CalibSpec
     massive: MassiveTokens
+
+    def type_token_counts(self) -> dict[str, int]:
+        """Calibration tokens per token type (every group saw the same tokens)."""
+        stats = self.stats[self.groups[0].name]
+        return {name: stats[k].count for k, name in enumerate(self.token_types.names)}
+
+
+def parse_type_rules(types: str) -> TokenTypes:
+    """The --types rules, or UserError naming the offending part."""
+    try:
+        return TokenTypes.parse(types)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def corpus_calibration_windows(tokenizer, corpus: Corpus, spec: CalibSpec, context_folder: Path | None) -> np.ndarray:
+    """The calibration windows of a corpus's calibration split (docs/evaluation.md), after checking that a
+    window (with its BOS context token, where the tokenizer adds one) fits the model's context."""
+    bos = bos_context_id(tokenizer)
+    require_context(context_folder, spec.seqlen, bos is not None, "calibration windows", "--calib-seqlen")
+    token_ids = tokenizer(corpus.calib_text, add_special_tokens=False).input_ids
+    return calibration_windows(token_ids, spec, bos)
 
 
 def calibration_windows(token_ids: list[int], spec: CalibSpec, bos_id: int | None) -> np.ndarray:

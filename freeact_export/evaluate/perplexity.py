@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from tqdm import tqdm
 
 from freeact_export.config import EvalSpec
 from freeact_export.errors import UserError
+
+if TYPE_CHECKING:
+    from freeact_export.assets import Corpus
 
 # Rows of logits turned into float64 log-probabilities at a time: bounds the memory of a
 # 1024 x 150k-vocabulary window to ~300 MB instead of 1.2 GB.
@@ -53,6 +56,12 @@ class Windows:
     @property
     def predictions_per_window(self) -> int:
         return self.input_ids.shape[1] - self.context - 1
+
+
+def corpus_windows(tokenizer, corpus: Corpus, spec: EvalSpec) -> Windows:
+    """The windows (docs/evaluation.md) of a corpus's eval split for this tokenizer (BOS rule included)."""
+    token_ids = tokenizer(corpus.eval_text, add_special_tokens=False).input_ids
+    return eval_windows(token_ids, spec, bos_context_id(tokenizer), corpus.name)
 
 
 def eval_windows(token_ids: list[int], spec: EvalSpec, bos_id: int | None, corpus: str) -> Windows:

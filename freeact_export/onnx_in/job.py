@@ -22,19 +22,18 @@ import onnx
 
 from freeact_export import manifest
 from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
-from freeact_export.calibrate.run import calibration_windows
+from freeact_export.calibrate.run import corpus_calibration_windows, parse_type_rules
 from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, FreeActSpec
 from freeact_export.errors import UserError
-from freeact_export.evaluate.perplexity import bos_context_id
 from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer
 from freeact_export.onnx_in.calibrate import calibrate_onnx
 from freeact_export.onnx_in.graph import load_onnx, read_onnx
 from freeact_export.plan import Plan
-from freeact_export.preflight import files_bytes, require_checkpoint_folder, require_context, require_room, writing
+from freeact_export.preflight import files_bytes, require_checkpoint_folder, require_room, writing
 from freeact_export.quantize.planner import DEFAULT_METHOD, build_plan
 from freeact_export.rewrite.graphs import rewrite
-from freeact_export.token_types import DEFAULT_TYPES, TokenTypes
+from freeact_export.token_types import DEFAULT_TYPES
 
 PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR = "plugin.onnx", "portable.onnx", "plan"
 _EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
@@ -72,10 +71,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     check_new_output(out, overwrite)
     if checkpoint is not None:
         require_checkpoint_folder(checkpoint)
-    try:
-        token_types = TokenTypes.parse(types)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    token_types = parse_type_rules(types)
     onnx_model = load_onnx(source.path)
     for rule in token_types.rules:
         if rule.kind == "input":
@@ -86,10 +82,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     tok = load_tokenizer(source, tokenizer)
     text = resolve_corpus(corpus)
     calib_spec = CALIB_PRESETS[preset] if calib is None else calib
-    require_context(source.tokenizer_dir or source.path.parent, calib_spec.seqlen, bos_context_id(tok) is not None,
-                    "calibration windows", "--calib-seqlen")
-    calib_ids = tok(text.calib_text, add_special_tokens=False).input_ids
-    windows = calibration_windows(calib_ids, calib_spec, bos_context_id(tok))
+    windows = corpus_calibration_windows(tok, text, calib_spec, source.tokenizer_dir or source.path.parent)
     start = time.perf_counter()
     record = calibrate_onnx(onnx_model, windows, token_types, calib_spec, device, progress)
     calibration_s = round(time.perf_counter() - start, 1)
@@ -97,7 +90,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     learning = FREEACT_PRESETS[preset] if freeact is None else freeact
     plan = build_plan(onnx_model.weights, record, method, bits, seed, progress, learning, checkpoint)
     plan_s = round(time.perf_counter() - start, 1)
-    counts = {name: record.stats[record.groups[0].name][k].count for k, name in enumerate(token_types.names)}
+    counts = record.type_token_counts()
     plan.info.update({"model": model, "corpus": text.name, "preset": preset, "calibration": calib_spec.to_dict(),
                       "type_token_counts": counts, "frontend": "onnxruntime"})
     plan.model = _describe_source(source)

@@ -49,7 +49,7 @@ from polygraphy.logger import G_LOGGER
 from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
 from freeact_export.config import EvalSpec
 from freeact_export.errors import UserError
-from freeact_export.evaluate.perplexity import bos_context_id, eval_windows, perplexity
+from freeact_export.evaluate.perplexity import corpus_windows, perplexity
 from freeact_export.files import atomic_path
 from freeact_export.models import load_tokenizer, load_torch_model
 from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, read_rewritten_graph
@@ -254,8 +254,7 @@ def _perplexities(portable: OrtLogits, simulated: SimulatedLogits | None, floor:
                   text, spec: EvalSpec, progress: bool) -> dict:
     """The portable graph's perplexity, the simulation's, and its float64-transform twin's; judged by
     _judge_perplexity where the simulation is available."""
-    token_ids = tok(text.eval_text, add_special_tokens=False).input_ids
-    windows = eval_windows(token_ids, spec, bos_context_id(tok), text.name)
+    windows = corpus_windows(tok, text, spec)
     record = {"windows": len(windows.input_ids), "seqlen": spec.seqlen, "corpus": text.name}
     runs = {}
     for name, runner in (("portable", portable), ("simulation", simulated), ("floor", floor)):
