@@ -17,8 +17,8 @@ import torch
 
 from freeact_export import manifest
 from freeact_export.onnx_in.graph import load_onnx, read_onnx
-from freeact_export.onnx_in.job import PORTABLE_GRAPH, load_rewritten, save_graph
 from freeact_export.rewrite import graphs, op_tensors
+from freeact_export.rewrite.folder import PORTABLE_GRAPH, load_rewritten, save_graph
 
 
 def _defective_pieces(defect: str, group: str) -> dict[str, Callable]:

@@ -27,7 +27,7 @@ from freeact_export.deploy import bundle_runner
 from freeact_export.deploy.bundle_runner import FORMAT, FORMAT_VERSION, MANIFEST
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
-from freeact_export.onnx_in.job import PLAN_DIR, PLUGIN_GRAPH, load_rewritten
+from freeact_export.rewrite.folder import PLAN_DIR, PLUGIN_GRAPH, load_rewritten
 from freeact_export.runtime import machine, trt_engine
 from freeact_export.runtime.machine import sha256
 

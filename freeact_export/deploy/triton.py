@@ -28,7 +28,7 @@ from google.protobuf import text_format
 
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
-from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, read_rewritten_graph
+from freeact_export.rewrite.folder import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, read_rewritten_graph
 
 TRT_MODEL, ONNX_MODEL = "freeact_lm_trt", "freeact_lm_onnx"
 TOKENIZE_MODEL, GREEDY_MODEL, ENSEMBLE_MODEL, GENERATE_MODEL = (

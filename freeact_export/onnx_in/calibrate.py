@@ -23,7 +23,7 @@ from freeact_export.config import CalibSpec
 from freeact_export.errors import UserError
 from freeact_export.onnx_in.feeds import PrefillFeeds
 from freeact_export.onnx_in.graph import OnnxModel
-from freeact_export.runtime.ort_lm import exact_session_options, providers_for, session_with_outputs
+from freeact_export.onnx_in.session import exact_session_options, providers_for, session_with_outputs
 from freeact_export.token_types import TokenTypes
 
 BATCH_BUDGET_BYTES = 1 << 30  # activations of all groups for one batch of windows

@@ -1,6 +1,6 @@
 """`freeact-export MODEL.onnx`: calibrate an ONNX LM, plan, rewrite, lower, measure — one folder out.
 
-The output folder holds everything later stages need and nothing they must guess:
+The folder (rewrite/folder.py holds its format) holds everything later stages need and nothing they must guess:
   plugin.onnx     FreeActQuantize + Int4MatMul (what TensorRT parses)
   portable.onnx   the same plan in standard ONNX ops (what ONNX Runtime runs anywhere)
   plan/           the plan (plan.json + plan.safetensors)
@@ -18,8 +18,6 @@ import shutil
 import time
 from pathlib import Path
 
-import onnx
-
 from freeact_export import manifest
 from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import corpus_calibration_windows, parse_type_rules
@@ -29,27 +27,11 @@ from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer
 from freeact_export.onnx_in.calibrate import calibrate_onnx
 from freeact_export.onnx_in.graph import load_onnx, read_onnx
-from freeact_export.plan import Plan
 from freeact_export.preflight import files_bytes, require_checkpoint_folder, require_room, writing
 from freeact_export.quantize.planner import DEFAULT_METHOD, build_plan
+from freeact_export.rewrite.folder import COPIED, PLAN_DIR, PLUGIN_GRAPH, PORTABLE_GRAPH, save_graph
 from freeact_export.rewrite.graphs import rewrite
 from freeact_export.token_types import DEFAULT_TYPES
-
-PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR = "plugin.onnx", "portable.onnx", "plan"
-_EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
-_COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
-           "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
-
-
-def save_graph(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Write a graph, its weights in `<name>.data` beside it when protobuf's 2 GB limit is near."""
-    if model.ByteSize() > _EXTERNAL_DATA_THRESHOLD_BYTES:
-        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
-        onnx.checker.check_model(str(path))
-        return [path.name, path.name + ".data"]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return [path.name]
 
 
 def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method: str = DEFAULT_METHOD,
@@ -116,7 +98,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
         report.update(rewrite_s=round(time.perf_counter() - start, 1), files=files,
                       quantized_layers=rewritten.layers, weight_bytes_before=rewritten.weight_bytes_before,
                       weight_bytes_after=rewritten.weight_bytes_after)
-        for name in _COPIED:
+        for name in COPIED:
             if source.tokenizer_dir is not None and (source.tokenizer_dir / name).is_file():
                 shutil.copy2(source.tokenizer_dir / name, tmp / name)
         export_json = source.path.parent / "export.json"
@@ -136,34 +118,3 @@ def _describe_source(source: ModelSource) -> dict:
         return {"architecture": None, "num_layers": None}
 
 
-_WRITE_AGAIN = manifest.REMEDY[manifest.REWRITTEN_KIND]
-
-
-def load_rewritten(folder: str | Path) -> tuple[Path, Plan, dict]:
-    """(folder, plan, report) of a folder this job wrote, every file verified against its manifest first.
-
-    UserError naming what is missing, unreadable or changed since the folder was written.
-    """
-    path = Path(folder)
-    missing = [n for n in (PLUGIN_GRAPH, PORTABLE_GRAPH, PLAN_DIR, "report.json") if not (path / n).exists()]
-    if missing:
-        raise UserError(f"{folder} is not a folder written by 'freeact-export MODEL.onnx' (missing: "
-                        f"{', '.join(missing)})")
-    recorded = manifest.read(path, manifest.REWRITTEN_KIND)
-    listed = [n for n in recorded["files"] if not n.startswith(PLAN_DIR + "/")]  # Plan.load verifies plan/
-    manifest.verify(path, recorded, manifest.REWRITTEN_KIND,
-                    list(dict.fromkeys([PLUGIN_GRAPH, PORTABLE_GRAPH, "report.json", *listed])))
-    try:
-        plan = Plan.load(path / PLAN_DIR)
-        report = json.loads((path / "report.json").read_text())
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - safetensors, json and OS errors for a damaged folder
-        raise UserError(f"{folder} has an unreadable plan or report.json ({type(err).__name__}); {_WRITE_AGAIN}") \
-            from None
-    return path, plan, report
-
-
-def read_rewritten_graph(path: str | Path, external_data: bool = False) -> onnx.ModelProto:
-    """plugin.onnx or portable.onnx of a folder this job wrote; one UserError line if it is damaged."""
-    return read_onnx(Path(path), _WRITE_AGAIN, external_data)

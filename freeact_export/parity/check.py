@@ -52,15 +52,16 @@ from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import corpus_windows, perplexity
 from freeact_export.files import atomic_path
 from freeact_export.models import load_tokenizer, load_torch_model
-from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, read_rewritten_graph
+from freeact_export.onnx_in.session import exact_session_options, session_with_outputs
 from freeact_export.ops.reference import session_options
 from freeact_export.parity.logits import sample_batches
 from freeact_export.parity.replay import replay, runner_codes, tie_like
 from freeact_export.parity.trt_compare import TRT_RUNNER, compare_tensorrt, engine_dir_for, tensorrt_runner
 from freeact_export.parity.weights import require_graph_weights
 from freeact_export.plan import Plan
+from freeact_export.rewrite.folder import PLUGIN_GRAPH, PORTABLE_GRAPH, load_rewritten, read_rewritten_graph
 from freeact_export.rewrite.graphs import codes_name
-from freeact_export.runtime.ort_lm import OrtLogits, exact_session_options, session_with_outputs
+from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.simulate.fake_quant import SimulatedLogits
 
 # Without the simulation (an ONNX model not from our exporter) the two graphs are compared with each

@@ -16,9 +16,9 @@ import onnx
 
 from freeact_export.errors import UserError
 from freeact_export.manifest import REMEDY, REWRITTEN_KIND
-from freeact_export.onnx_in.job import PLUGIN_GRAPH, PORTABLE_GRAPH, read_rewritten_graph
 from freeact_export.ops.reference import unpack_int4
 from freeact_export.plan import Plan
+from freeact_export.rewrite.folder import PLUGIN_GRAPH, PORTABLE_GRAPH, read_rewritten_graph
 from freeact_export.rewrite.graphs import weight_name
 
 

@@ -6,6 +6,7 @@ check): these tests check formatting and arithmetic, not performance.
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,17 +39,64 @@ def synthetic_results() -> dict:
             "act_bits": 4, "records": records}
 
 
-def test_arguments_defaults_quick_and_overrides():
+def _documented_defaults(capsys, monkeypatch) -> dict:
+    """The defaults as `--help` states them, read from the printed text and parsed here (not from the module)."""
+    monkeypatch.setenv("COLUMNS", "1000")  # no line wrapping inside the values
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+
+    def find(pattern: str) -> tuple[str, ...]:
+        match = re.search(pattern, text)
+        assert match, f"--help no longer documents {pattern!r}:\n{text}"
+        return match.groups()
+
+    def shapes(spec: str) -> tuple[tuple[int, int], ...]:
+        return tuple((int(k), int(n)) for k, n in (item.split("x") for item in spec.split(",")))
+
+    (shapes_text,) = find(r"--shapes SHAPES KxN,\.\.\. \(default: ([0-9x,]+)\)")
+    (tokens_text,) = find(r"--tokens TOKENS token counts \(default: ([0-9,]+)\)")
+    iters, quick_iters = find(r"--iters ITERS timed iterations per measurement \(default: (\d+); --quick (\d+)\)")
+    quick_shape, quick_tokens, quick_iters_again = find(r"--quick smoke run: (\d+x\d+) at \(([0-9, ]+)\) tokens, "
+                                                        r"(\d+) iterations")
+    (warmup,) = find(r"--warmup WARMUP untimed iterations first \(default: (\d+)\)")
+    (act_bits,) = find(r"--act-bits \{4,8\} activation codes \(default: (\d+)\)")
+    assert quick_iters == quick_iters_again  # the two places that state --quick's iterations agree
+    return {"shapes_text": shapes_text, "tokens_text": tokens_text, "shapes": shapes(shapes_text),
+            "tokens": tuple(int(t) for t in tokens_text.split(",")), "iters": int(iters),
+            "quick_shapes": shapes(quick_shape), "quick_tokens": tuple(int(t) for t in quick_tokens.split(",")),
+            "quick_iters": int(quick_iters), "warmup": int(warmup), "act_bits": int(act_bits)}
+
+
+def test_defaults_are_what_help_documents(capsys, monkeypatch):
+    doc = _documented_defaults(capsys, monkeypatch)
     args = bench.parse_args(["--out", "o"])
-    assert args.shapes == bench.SHAPES and args.tokens == bench.TOKENS and args.iters == 50
+    assert (args.shapes, args.tokens, args.iters, args.warmup, args.act_bits, args.quick) == (
+        doc["shapes"], doc["tokens"], doc["iters"], doc["warmup"], doc["act_bits"], False)
     quick = bench.parse_args(["--out", "o", "--quick"])
-    assert quick.shapes == bench.QUICK_SHAPES and quick.tokens == bench.QUICK_TOKENS and quick.iters == 10
+    assert (quick.shapes, quick.tokens, quick.iters, quick.warmup) == (
+        doc["quick_shapes"], doc["quick_tokens"], doc["quick_iters"], doc["warmup"])
+    # The documented default spelled out on the command line gives the same run as leaving it out.
+    spelled = bench.parse_args(["--out", "o", "--shapes", doc["shapes_text"], "--tokens", doc["tokens_text"],
+                                "--iters", str(doc["iters"]), "--warmup", str(doc["warmup"]),
+                                "--act-bits", str(doc["act_bits"])])
+    assert vars(spelled) == vars(args)
+    # --quick is a smaller run than the default, and every documented shape is a valid one (even K).
+    assert set(doc["quick_shapes"]) <= set(doc["shapes"]) and set(doc["quick_tokens"]) <= set(doc["tokens"])
+    assert doc["quick_iters"] < doc["iters"] and all(k % 2 == 0 for k, _ in doc["shapes"])
+
+
+def test_arguments_overrides_and_rejections():
     custom = bench.parse_args(["--out", "o", "--shapes", "576x1536,14336x4096", "--tokens", "1,2048", "--iters", "7"])
     assert custom.shapes == ((576, 1536), (14336, 4096)) and custom.tokens == (1, 2048) and custom.iters == 7
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--out", "o", "--shapes", "576by1536"])
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--out", "o", "--tokens", "0"])
+    # Explicit values win over --quick's.
+    quick = bench.parse_args(["--out", "o", "--quick", "--shapes", "64x32", "--tokens", "3", "--iters", "2"])
+    assert (quick.shapes, quick.tokens, quick.iters) == (((64, 32),), (3,), 2)
+    for bad in (["--shapes", "576by1536"], ["--shapes", "575x1536"], ["--shapes", "0x1536"], ["--tokens", "0"],
+                ["--tokens", "1,x"], ["--iters", "-1"], ["--warmup", "-1"], ["--act-bits", "3"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--out", "o", *bad])
 
 
 def test_traffic_and_operations_arithmetic():

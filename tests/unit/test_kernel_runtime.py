@@ -20,12 +20,13 @@ import torch
 from rewritten_tiny import rewritten_tiny
 
 from freeact_export.kernels import launch
-from freeact_export.onnx_in.job import PORTABLE_GRAPH, load_rewritten
+from freeact_export.onnx_in.session import exact_session_options
 from freeact_export.parity.check import _simulation, _tapped_session
 from freeact_export.parity.replay import replay, runner_codes, tie_like
+from freeact_export.rewrite.folder import PORTABLE_GRAPH, load_rewritten
 from freeact_export.rewrite.graphs import codes_name
 from freeact_export.runtime.kernel_model import Int4Linear, KernelLogits, QuantizeInput
-from freeact_export.runtime.ort_lm import OrtLogits, exact_session_options
+from freeact_export.runtime.ort_lm import OrtLogits
 from test_cli import assert_one_line_error, run_cli
 
 interpreted = pytest.mark.skipif(not launch.interpreter_active(),

@@ -16,9 +16,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from freeact_export import api
 from freeact_export.errors import UserError
-from freeact_export.onnx_in.job import load_rewritten
 from freeact_export.parity.weights import require_graph_weights, verify_graph_weights
 from freeact_export.plan import Plan
+from freeact_export.rewrite.folder import load_rewritten
 from freeact_export.simulate.fit import plan_mismatch
 from test_cli import assert_one_line_error, run_cli
 from tiny_models import save_tiny_model, tiny_config, tiny_tokenizer

@@ -1,5 +1,6 @@
 """The custom ops' NumPy reference against independent torch / float64 formulations, their ORT registration, schema."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -147,13 +148,44 @@ def test_freeact_quantize_ties_match_torch_quantizer(bits):
     np.testing.assert_array_equal(scale, want_scale)
 
 
-def test_pack_helpers_match_torch_packing():
-    codes = np.random.default_rng(0).integers(-8, 8, (3, 5, 64)).astype(np.int8)
-    packed = reference.pack_int4(codes)
-    np.testing.assert_array_equal(packed, packing.pack_int4(torch.from_numpy(codes)).numpy())
-    np.testing.assert_array_equal(reference.unpack_int4(packed.view(np.int8)), codes)
-    unsigned = np.random.default_rng(1).integers(0, 16, (4, 32)).astype(np.uint8)
-    np.testing.assert_array_equal(reference.unpack_int4(reference.pack_int4(unsigned), signed=False), unsigned)
+def _onnx_int4_bytes(codes: np.ndarray, signed: bool = True) -> np.ndarray:
+    """ONNX's own INT4 / UINT4 packing: the bytes helper.make_tensor stores for these values (row-major)."""
+    tensor = helper.make_tensor("c", TensorProto.INT4 if signed else TensorProto.UINT4, codes.shape,
+                                codes.flatten().tolist())
+    return np.array(tensor.int32_data, dtype=np.uint8).reshape(*codes.shape[:-1], codes.shape[-1] // 2)
+
+
+def _onnx_int4_values(packed: np.ndarray, signed: bool = True) -> np.ndarray:
+    """ONNX's own INT4 / UINT4 unpacking: numpy_helper.to_array of a tensor holding these bytes as raw_data."""
+    tensor = TensorProto(data_type=TensorProto.INT4 if signed else TensorProto.UINT4,
+                         dims=[*packed.shape[:-1], 2 * packed.shape[-1]], raw_data=packed.tobytes())
+    return numpy_helper.to_array(tensor).astype(np.int16)
+
+
+def test_int4_packing_is_onnx_int4_layout():
+    """Both packers (NumPy reference, torch) and the unpacker against ONNX's INT4/UINT4 tensors, every pair."""
+    every_signed = np.array(list(itertools.product(range(-8, 8), repeat=2)), np.int8)  # [256, 2]: all nibble pairs
+    every_unsigned = np.array(list(itertools.product(range(16), repeat=2)), np.uint8)
+    rows = np.random.default_rng(0).integers(-8, 8, (3, 5, 64)).astype(np.int8)  # a layout over several dims
+    for codes, signed in ((every_signed, True), (rows, True), (every_unsigned, False)):
+        want = _onnx_int4_bytes(codes, signed)
+        packed = reference.pack_int4(codes)
+        assert packed.dtype == np.uint8 and packed.shape == want.shape
+        np.testing.assert_array_equal(packed, want)
+        # torch's packer takes int8 codes (its docstring), unsigned 0..15 included
+        np.testing.assert_array_equal(packing.pack_int4(torch.from_numpy(codes.astype(np.int8))).numpy(), want)
+        np.testing.assert_array_equal(_onnx_int4_values(want, signed), codes)  # the reference itself round-trips
+        np.testing.assert_array_equal(reference.unpack_int4(want.view(np.int8), signed=signed), codes)
+        np.testing.assert_array_equal(reference.unpack_int4(want, signed=signed), codes)  # uint8 bytes alike
+        np.testing.assert_array_equal(packing.unpack_int4(torch.from_numpy(want), signed=signed).numpy(), codes)
+    # The documented layout written out bit by bit: low nibble = even element, 4-bit two's complement.
+    by_hand = [((lo % 16) | (hi % 16) << 4) for lo, hi in every_signed.tolist()]
+    np.testing.assert_array_equal(reference.pack_int4(every_signed)[:, 0], by_hand)
+    np.testing.assert_array_equal(reference.pack_int4(np.array([-8, 7, 1, -1, 0, 3], np.int8)), [0x78, 0xF1, 0x30])
+    with pytest.raises(ValueError, match="even last dimension"):
+        reference.pack_int4(np.zeros((2, 3), np.int8))
+    with pytest.raises(ValueError, match="must lie in"):
+        reference.pack_int4(np.array([-9, 0], np.int8))
 
 
 def _weights(rng: np.random.Generator, n: int, d: int, group_size: int) -> dict[str, np.ndarray]:
@@ -235,10 +267,55 @@ def test_onnx_runtime_runs_the_tiny_graph_like_the_reference():
     np.testing.assert_allclose(y2, want_y2, rtol=1e-6, atol=1e-6)
 
 
-def test_register_is_idempotent():
+def test_register_declares_each_op_once_with_its_ort_types(monkeypatch):
+    """register() twice: each op handed to onnxruntime-extensions once, with the types ORT must check."""
+    import onnxruntime_extensions
+    from onnxruntime_extensions import PyCustomOpDef as T
+
+    declared = []
+
+    def recording_onnx_op(**kwargs):  # stands in for the global registry: nothing real is registered here
+        def decorate(body):
+            declared.append((kwargs["op_type"], list(kwargs["inputs"]), list(kwargs["outputs"]),
+                             dict(kwargs["attrs"])))
+            return body
+        return decorate
+
+    monkeypatch.setattr(onnxruntime_extensions, "onnx_op", recording_onnx_op)
+    monkeypatch.setattr(reference, "_registered", False)
     reference.register()
     reference.register()
-    assert isinstance(reference.session_options(), onnxruntime.SessionOptions)
+    assert declared == [
+        ("FreeActQuantize", [T.dt_float, T.dt_int32, T.dt_float, T.dt_float, T.dt_float, T.dt_float, T.dt_float],
+         [T.dt_int8, T.dt_float], {"bits": T.dt_int64, "kronecker": T.dt_int64}),
+        ("Int4MatMul", [T.dt_int8, T.dt_float, T.dt_int8, T.dt_float, T.dt_float], [T.dt_float],
+         {"act_bits": T.dt_int64, "group_size": T.dt_int64}),
+    ]
+
+
+def test_ort_runs_int4_matmul_after_repeated_registration():
+    """After register() more than once, ORT computes Int4MatMul like an fp64 dequantized matmul."""
+    reference.register()
+    reference.register()
+    rng = np.random.default_rng(3)
+    acodes, wcodes = rng.integers(-8, 8, (2, 3, 16)).astype(np.int8), rng.integers(-8, 8, (5, 16)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.5, (2, 3, 1)).astype(np.float32)
+    w_scale = rng.uniform(0.01, 0.1, (5, 1)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    consts = {"weight": _onnx_int4_bytes(wcodes).view(np.int8), "weight_scale": w_scale, "bias": bias}
+    graph = helper.make_graph(
+        [schema.make_node("Int4MatMul", ["codes", "scale", "weight", "weight_scale", "bias"], ["y"], "mm")], "mm",
+        [helper.make_tensor_value_info("codes", TensorProto.INT8, [2, 3, 8]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [2, 3, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), schema.opset_import()])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), reference.session_options(),
+                                           providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"codes": _onnx_int4_bytes(acodes).view(np.int8), "scale": scale})
+    want = (acodes * scale.astype(np.float64)) @ (wcodes * w_scale.astype(np.float64)).T + bias
+    assert y.dtype == np.float32 and y.shape == (2, 3, 5)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

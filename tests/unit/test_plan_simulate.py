@@ -141,8 +141,7 @@ def test_simulated_freeact_path_matches_a_direct_formula():
 
 def test_the_plan_executes_what_freeact_learned():
     """The learner's objective, recomputed through the plan and the simulation modules, is the same."""
-    from freeact_export.config import FreeActSpec, bits_preset
-    from freeact_export.quantize.freeact import learn_freeact
+    from freeact_export.config import FreeActSpec
 
     model = _model()
     record = calibrate(model, _windows(), TokenTypes.parse("sink=pos:3"), SPEC, progress=False)
@@ -150,11 +149,10 @@ def test_the_plan_executes_what_freeact_learned():
     plan = build_plan(torch_weights(model), record, "freeact", "w4a4", progress=False, freeact=spec)
     runner = SimulatedLogits(model, plan)
     group = plan.groups[0]
+    info = plan.info["learning"][0]  # what the learner reported for this group while building the plan
+    assert info["group"] == group.name
     stats = record.stats[group.name]
     linears = [model.get_submodule(lin.name) for lin in group.linears]
-    weight_spec, act_spec = bits_preset("w4a4", group.in_features)
-    _, _, info = learn_freeact(group.name, stats, [lin.weight for lin in linears], weight_spec, act_spec,
-                               spec, False, 0)  # the planner's seed for group 0
     objective = 0.0
     for k, s in enumerate(stats):
         x = s.samples[None]
@@ -165,3 +163,33 @@ def test_the_plan_executes_what_freeact_learned():
         target = x[0] @ torch.cat([lin.weight for lin in linears]).T.detach()
         objective += float((out - target).pow(2).mean() / target.pow(2).mean())
     assert objective == pytest.approx(info["objective_after"], rel=1e-3)
+
+
+def _same_tensors(a: Plan, b: Plan) -> bool:
+    return all(ga.tensors.keys() == gb.tensors.keys() and all(torch.equal(ga.tensors[k], gb.tensors[k])
+                                                               for k in ga.tensors)
+               for ga, gb in zip(a.groups, b.groups, strict=True))
+
+
+def test_plans_are_reproducible_and_seeds_are_per_group():
+    """The same call gives the same plan; groups draw different random signs; another seed, other signs."""
+    from freeact_export.config import FreeActSpec
+
+    model = _model()
+    record = calibrate(model, _windows(), TokenTypes(), SPEC, progress=False)
+    weights = torch_weights(model)
+    plan, again = (build_plan(weights, record, "quarot", "w4a4", progress=False) for _ in range(2))
+    assert _same_tensors(plan, again)
+    signs = [g.tensors["signs"] for g in plan.groups]
+    assert all(set(s.unique().tolist()) == {-1.0, 1.0} for s in signs)  # random ±1, not all one sign
+    same_width = [(i, j) for i in range(len(signs)) for j in range(i) if len(signs[i]) == len(signs[j])]
+    assert same_width and all(not torch.equal(signs[i], signs[j]) for i, j in same_width)
+    other = build_plan(weights, record, "quarot", "w4a4", seed=1, progress=False)
+    assert all(not torch.equal(a, b.tensors["signs"]) for a, b in zip(signs, other.groups, strict=True))
+    # A learned plan too: its random start comes from the seed alone.
+    spec = FreeActSpec(steps=2)
+    learned, learned_again = (build_plan(weights, record, "freeact", "w4a4", progress=False, freeact=spec)
+                              for _ in range(2))
+    assert _same_tensors(learned, learned_again)
+    assert not _same_tensors(learned, build_plan(weights, record, "freeact", "w4a4", seed=1, progress=False,
+                                                 freeact=spec))

@@ -24,8 +24,8 @@ from freeact_export.config import CalibSpec, ExportSpec, FreeActSpec
 from freeact_export.deploy import triton as repo_writer
 from freeact_export.errors import UserError
 from freeact_export.files import MARKER
-from freeact_export.onnx_in import job
 from freeact_export.onnx_in.job import rewrite_onnx
+from freeact_export.rewrite import folder as rewritten_folder
 from freeact_export.runtime.ort_lm import OrtLogits
 from test_cli import assert_one_line_error, run_cli
 from tiny_models import save_tiny_model
@@ -51,7 +51,7 @@ def rewritten(tmp_path_factory, tiny_text_file):
     out = root / "rewritten"
     # Large models keep their weights in portable.onnx.data: the repository must carry that file.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(job, "_EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+        patch.setattr(rewritten_folder, "_EXTERNAL_DATA_THRESHOLD_BYTES", 0)
         rewrite_onnx(str(root / "qwen2-onnx"), out, corpus=str(tiny_text_file), method="freeact", bits="w4a4",
                      types="sink=pos:3", calib=CALIB, freeact=FreeActSpec(steps=6), progress=False)
     assert json.loads((out / "report.json").read_text())["files"]["portable.onnx"] == [
