@@ -12,9 +12,9 @@ import textwrap
 from pathlib import Path
 
 from freeact_export import __version__
+from freeact_export.api import UserError
 from freeact_export.cli_common import COUNT, PROG, SEED, SEQLEN, Parser, formatter, require_folder, settings
 from freeact_export.cli_deploy import add_build, add_bundle, add_serve, add_triton
-from freeact_export.errors import UserError
 
 OVERVIEW = """\
 Quantize LLMs, multimodal LLMs and diffusion LLMs with FreeAct (4-bit weights, 4- or 8-bit
@@ -101,9 +101,7 @@ def _add_eval(sub) -> None:
 def _run_eval(args: argparse.Namespace) -> None:
 
     from freeact_export import api
-    from freeact_export.config import EvalSpec
-    from freeact_export.files import check_new_output
-    from freeact_export.preflight import require_room
+    from freeact_export.api import EvalSpec, check_new_output, require_room
 
     spec = settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     if args.json:
@@ -154,8 +152,7 @@ def _add_export(sub) -> None:
 
 def _run_export(args: argparse.Namespace) -> None:
     from freeact_export import api
-    from freeact_export.assets import resolve_model
-    from freeact_export.config import ExportSpec
+    from freeact_export.api import ExportSpec, resolve_model
 
     spec = settings(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify,
                     kv_cache=args.kv_cache)
@@ -171,9 +168,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _add_quantize(sub) -> None:
-    from freeact_export.config import BITS_PRESETS, CALIB_PRESETS
-    from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS
-    from freeact_export.token_types import DEFAULT_TYPES
+    from freeact_export.api import BITS_PRESETS, CALIB_PRESETS, DEFAULT_METHOD, DEFAULT_TYPES, METHODS
 
     p = sub.add_parser(
         "quantize", formatter_class=formatter, help="quantize a PyTorch model into a plan; simulated perplexity",
@@ -235,7 +230,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
     import dataclasses
 
     from freeact_export import api
-    from freeact_export.config import FREEACT_PRESETS, EvalSpec
+    from freeact_export.api import FREEACT_PRESETS, EvalSpec
 
     _require_learned_method(args)
     eval_spec = None if args.no_eval else settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
@@ -264,9 +259,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
 
 
 def _add_rewrite(sub) -> None:
-    from freeact_export.config import BITS_PRESETS, CALIB_PRESETS
-    from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS
-    from freeact_export.token_types import DEFAULT_TYPES
+    from freeact_export.api import BITS_PRESETS, CALIB_PRESETS, DEFAULT_METHOD, DEFAULT_TYPES, METHODS
 
     p = sub.add_parser(
         "rewrite", formatter_class=formatter, help="the ONNX-in path, also spelled: freeact-export MODEL.onnx ...",
@@ -312,8 +305,7 @@ def _add_rewrite(sub) -> None:
 def _run_rewrite(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from freeact_export.config import FREEACT_PRESETS
-    from freeact_export.onnx_in.job import rewrite_onnx
+    from freeact_export.api import FREEACT_PRESETS, rewrite_onnx
 
     _require_learned_method(args)
     model = Path(args.model)
@@ -375,9 +367,7 @@ def _run_check(args: argparse.Namespace) -> None:
 
 
 def _check_and_print(folder: str, corpus: str, windows: int | None, engine: str | None = None) -> None:
-    from freeact_export.config import EvalSpec
-    from freeact_export.parity.check import check
-    from freeact_export.preflight import require_room, writing
+    from freeact_export.api import EvalSpec, check, require_room, writing
 
     require_room(Path(folder) / "check")  # written at the end of minutes of work
     spec = None if windows is None else settings(EvalSpec, windows=windows)
@@ -435,7 +425,7 @@ def _print_tensorrt(trt) -> None:
 
 def _require_learned_method(args: argparse.Namespace) -> None:
     """Learning settings given to a method that learns nothing would be silently ignored: refuse them."""
-    from freeact_export.quantize.planner import LEARNED
+    from freeact_export.api import LEARNED
 
     given = [flag for flag, value in (("--steps", args.steps), ("--checkpoint", args.checkpoint),
                                       ("--dedicated-fraction", getattr(args, "dedicated_fraction", None)),
@@ -451,7 +441,7 @@ def _calib_override(args: argparse.Namespace):
     """The preset's calibration settings with --calib-windows / --calib-seqlen applied (None: the preset's)."""
     import dataclasses
 
-    from freeact_export.config import CALIB_PRESETS
+    from freeact_export.api import CALIB_PRESETS
 
     if args.calib_windows is None and args.calib_seqlen is None:
         return None
@@ -499,7 +489,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _looks_like_a_command(word: str) -> bool:
     """A bare word that names no file and no known model: a misspelt command, not MODEL.onnx."""
-    from freeact_export.assets import MODELS
+    from freeact_export.api import MODELS
 
     return os.sep not in word and "." not in word and word not in MODELS and not os.path.exists(word)
 
@@ -547,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: every load is local anyway
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from freeact_export.files import interrupted_message, interruptible
+    from freeact_export.api import interrupted_message, interruptible
 
     try:
         with interruptible():  # SIGTERM and SIGHUP end a run as Ctrl-C does: partial outputs removed

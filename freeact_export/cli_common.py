@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from freeact_export.errors import UserError
+from freeact_export.api import UserError
 
 PROG = "freeact-export"
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import textwrap
-from pathlib import Path
 
 from freeact_export.cli_common import COUNT, formatter, int_at_least, port, require_folder, seconds, settings
-from freeact_export.errors import UserError
 
 REWRITTEN = "a folder written by 'freeact-export MODEL.onnx'"
 
@@ -58,7 +55,7 @@ def add_build(sub) -> None:
 
 def _run_build(args: argparse.Namespace) -> None:
     from freeact_export import api
-    from freeact_export.runtime.trt_engine import BuildSpec, ProfileSpec
+    from freeact_export.api import BuildSpec, ProfileSpec
 
     require_folder(args.folder, REWRITTEN)
     profile = settings(ProfileSpec, max_tokens=args.max_tokens, max_batch=args.max_batch, opt_tokens=args.opt_tokens,
@@ -205,10 +202,8 @@ def add_serve(sub) -> None:
 
 def _run_serve(args: argparse.Namespace) -> None:
     import signal
-    import tempfile
 
-    from freeact_export.deploy import triton_server
-    from freeact_export.deploy.triton import validate_repository
+    from freeact_export import api
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -218,49 +213,13 @@ def _run_serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     require_folder(args.repository, "a repository written by 'freeact-export triton DIR -o REPO'")
-    models = validate_repository(Path(args.repository))
-    _require_ports(args.http_port, args.grpc_port)
-    if args.workdir:
-        _require_workdir(Path(args.workdir))
-    engines = sorted(name for name, config in models.items() if config.platform == "tensorrt_plan")
-    if engines:
-        raise UserError(f"{args.repository} holds {', '.join(engines)} (tensorrt_plan), which needs a GPU and "
-                        "Triton's TensorRT backend that this CPU server lacks; serve it in NVIDIA's Triton "
-                        "container, or write the repository without an engine to serve it here")
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="freeact-triton-"))
-        server = stack.enter_context(triton_server.running_server(
-            args.repository, workdir, timeout_s=args.timeout, http_port=args.http_port, grpc_port=args.grpc_port))
-        print(f"serving {', '.join(sorted(models))}\n  HTTP http://{server['http']}   gRPC {server['grpc']}\n"
+    with api.serve(args.repository, http_port=args.http_port, grpc_port=args.grpc_port, workdir=args.workdir,
+                   timeout_s=args.timeout) as server:
+        print(f"serving {', '.join(server['models'])}\n  HTTP http://{server['http']}   gRPC {server['grpc']}\n"
               f"  log {server['log']}\nCtrl-C stops it", flush=True)
         try:
             code = server["process"].wait()
         except KeyboardInterrupt:
             print("stopping tritonserver", flush=True)
             return
-        raise UserError(f"tritonserver exited with status {code}; see {server['log']}")
-
-
-def _require_ports(http: int, grpc: int) -> None:
-    """Both ports free on loopback, and not the same one: tritonserver would otherwise fail after its
-    models load, and serve would report it only at --timeout."""
-    import socket
-
-    if http == grpc:
-        raise UserError(f"--http-port and --grpc-port are both {http}; give them different ports")
-    for flag, number in (("--http-port", http), ("--grpc-port", grpc)):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
-            try:
-                sock.bind(("127.0.0.1", number))
-            except OSError as err:
-                raise UserError(f"{flag} {number}: 127.0.0.1:{number} cannot be used ({err.strerror}); choose another "
-                                "port") from None
-
-
-def _require_workdir(workdir: Path) -> None:
-    from freeact_export.preflight import require_room
-
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file; give a folder (created when missing)")
-    require_room(workdir / "tritonserver.log" if workdir.is_dir() else workdir)
+        raise api.UserError(f"tritonserver exited with status {code}; see {server['log']}")

@@ -106,7 +106,7 @@ class Plan:
         manifest.write(folder, manifest.PLAN_KIND, manifest.model_facts(self))
 
     def write_files(self, folder: Path) -> None:
-        """plan.json + plan.safetensors alone, for a folder whose own manifest covers them (onnx_in.job)."""
+        """plan.json + plan.safetensors alone, for a folder whose own manifest covers them (api/onnx_in.py)."""
         schema, tensors = self._flatten()
         save_file(tensors, Path(folder) / PLAN_TENSORS)
         (Path(folder) / PLAN_JSON).write_text(json.dumps(schema, indent=2) + "\n")
@@ -172,5 +172,5 @@ def _manifest_home(folder: Path) -> tuple[Path, str]:
         return folder, manifest.PLAN_KIND
     parent = folder.parent
     if folder.name == "plan" and ((parent / manifest.MANIFEST).is_file() or (parent / "plugin.onnx").is_file()):
-        return parent, manifest.REWRITTEN_KIND  # the plan/ of a folder onnx_in.job wrote
+        return parent, manifest.REWRITTEN_KIND  # the plan/ of a rewritten folder (rewrite/folder.py)
     return folder, manifest.PLAN_KIND

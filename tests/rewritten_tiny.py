@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from freeact_export import api
+from freeact_export.api import rewrite_onnx
 from freeact_export.config import CalibSpec, ExportSpec, FreeActSpec
-from freeact_export.onnx_in.job import rewrite_onnx
 from tiny_models import save_tiny_model
 
 CALIB = CalibSpec(windows=4, seqlen=48, samples_per_type=40, min_tokens=4)

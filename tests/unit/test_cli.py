@@ -165,3 +165,21 @@ def test_bad_calibration_size_is_one_line(capsys, tiny_llama, tiny_text_file):
     code, _, err = run_cli(capsys, "quantize", "--model", str(tiny_llama), "--corpus", str(tiny_text_file),
                            "--calib-windows", "0")
     assert_one_line_error(code, err, "argument --calib-windows: must be at least 1 (got 0)")
+
+
+def test_the_cli_imports_only_the_api():
+    """cli*.py reach the stages through freeact_export.api alone (issue 19: one floor of entry points)."""
+    import ast
+    from pathlib import Path
+
+    import freeact_export
+
+    allowed = {"freeact_export", "freeact_export.api", "freeact_export.cli_common", "freeact_export.cli_deploy"}
+    for path in Path(freeact_export.__file__).parent.glob("cli*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("freeact_export"):
+                assert node.module in allowed, f"{path.name} imports {node.module}"
+                if node.module == "freeact_export":
+                    assert {a.name for a in node.names} <= {"api", "__version__"}, f"{path.name}: {node.names}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("freeact_export") for a in node.names), path.name

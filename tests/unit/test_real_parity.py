@@ -9,9 +9,9 @@ per-type factors in some groups, for the type-gate defect.
 import pytest
 from parity_defects import defective_copy
 
+from freeact_export.api import rewrite_onnx
 from freeact_export.config import CalibSpec, EvalSpec, FreeActSpec
 from freeact_export.errors import UserError
-from freeact_export.onnx_in.job import rewrite_onnx
 from freeact_export.parity.check import check
 from freeact_export.plan import Plan
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from freeact_export import api
+from freeact_export.api import rewrite_onnx
 from freeact_export.cli import main
 from freeact_export.config import CalibSpec, EvalSpec, ExportSpec, FreeActSpec
 from freeact_export.onnx_in.graph import load_onnx
-from freeact_export.onnx_in.job import rewrite_onnx
 from freeact_export.ops import schema
 from freeact_export.parity.check import check
 from freeact_export.plan import Plan

@@ -20,11 +20,11 @@ import pytest
 from google.protobuf import text_format
 
 from freeact_export import api
+from freeact_export.api import rewrite_onnx
 from freeact_export.config import CalibSpec, ExportSpec, FreeActSpec
 from freeact_export.deploy import triton as repo_writer
 from freeact_export.errors import UserError
 from freeact_export.files import MARKER
-from freeact_export.onnx_in.job import rewrite_onnx
 from freeact_export.rewrite import folder as rewritten_folder
 from freeact_export.runtime.ort_lm import OrtLogits
 from test_cli import assert_one_line_error, run_cli

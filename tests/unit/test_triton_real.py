@@ -10,9 +10,9 @@ import pytest
 from test_triton import require_local_server
 
 from freeact_export import api
+from freeact_export.api import rewrite_onnx
 from freeact_export.config import CalibSpec
 from freeact_export.deploy import triton_server
-from freeact_export.onnx_in.job import rewrite_onnx
 from freeact_export.runtime.ort_lm import OrtLogits
 
 pytestmark = [pytest.mark.real_model, pytest.mark.triton_server]

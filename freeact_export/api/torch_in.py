@@ -1,7 +1,7 @@
-"""The Python entry points a user imports; each composes the stages and returns a record.
+"""Entry points for a PyTorch model: evaluate, export, calibrate, plan, quantize.
 
-The CLI calls only these. Records are plain dicts ready for JSON: what was measured and
-every setting needed to reproduce it.
+Each composes the stages and returns a record: a plain dict ready for JSON, with what was
+measured and every setting needed to reproduce it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from freeact_export.manifest import describe_torch_model
 from freeact_export.models import hf_folder, load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
-from freeact_export.preflight import files_bytes, require_checkpoint_folder, require_context, require_room, writing
+from freeact_export.preflight import require_checkpoint_folder, require_context, require_room, writing
 from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS, build_plan, torch_weights
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
@@ -388,60 +388,3 @@ def _peak_rss_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def build_engine(folder: str | Path, output: str | Path | None = None, profile=None, spec=None, *,
-                 timing_cache: str | Path | None = None, plugin_library: str | Path | None = None,
-                 overwrite: bool = False) -> dict:
-    """TensorRT engine of DIR/plugin.onnx with the plugin library loaded; see runtime/trt_engine.py.
-
-    Args:
-        profile: a trt_engine.ProfileSpec (default: 1..2048 tokens, batch 1).
-        spec: a trt_engine.BuildSpec (default: fp16).
-    """
-    from freeact_export.runtime import trt_engine
-
-    source = Path(folder)
-    if source.is_dir():  # else build_engine names what the folder lacks
-        graph = files_bytes(source / "plugin.onnx", source / "plugin.onnx.data")
-        require_room(source / "engine" if output is None else output, graph,
-                     "the engine (estimated as the plugin graph's size)")
-    with writing(source / "engine" if output is None else output):
-        return trt_engine.build_engine(folder, output, profile or trt_engine.ProfileSpec(),
-                                       spec or trt_engine.BuildSpec(), timing_cache=timing_cache,
-                                       plugin_library=plugin_library, overwrite=overwrite)
-
-
-def bundle(folder: str | Path, output: str | Path, engine: str | Path | None = None, *,
-           overwrite: bool = False) -> dict:
-    """Edge bundle (engine, plugin library, manifest, runner.py) of a built engine; see deploy/bundle.py."""
-    from freeact_export.deploy.bundle import bundle as make_bundle
-
-    require_room(output, files_bytes(Path(folder) / "engine" if engine is None else Path(engine)),
-                 "the bundle (a copy of the engine)")
-    with writing(output):
-        return make_bundle(folder, output, engine, overwrite=overwrite)
-
-
-def triton(folder: str | Path, output: str | Path, *, engine: str | Path | None = None,
-           plugin: str | Path | None = None, max_batch: int = 8, instances: int = 1, max_tokens: int = 2048,
-           max_new_tokens: int = 32, overwrite: bool = False) -> dict:
-    """Write a Triton model repository from a rewritten folder (see freeact_export.deploy.triton).
-
-    The tensorrt_plan model is written only with `engine` (TensorRT cannot build one here);
-    the ONNX Runtime (Python backend) model always; the tokenizer models, the ensemble and
-    the generation loop when the folder has a tokenizer.json. Returns the record of what
-    was written and what was skipped, with why.
-    """
-    from freeact_export.deploy.triton import TritonSpec, write_repository
-
-    try:
-        spec = TritonSpec(max_batch=max_batch, instances=instances, max_tokens=max_tokens,
-                          max_new_tokens=max_new_tokens)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    copied = files_bytes(Path(folder) / "portable.onnx", Path(folder) / "portable.onnx.data",
-                         *(() if engine is None else (Path(engine),)))
-    require_room(output, copied, "the repository (a copy of portable.onnx and any engine)")
-    with writing(output):
-        return write_repository(folder, output, spec, engine=engine, plugin=plugin, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""`freeact-export MODEL.onnx`: calibrate an ONNX LM, plan, rewrite, lower, measure — one folder out.
+"""Entry points for an ONNX model: `freeact-export MODEL.onnx` (calibrate, plan, rewrite) and `check`.
 
 The folder (rewrite/folder.py holds its format) holds everything later stages need and nothing they must guess:
   plugin.onnx     FreeActQuantize + Int4MatMul (what TensorRT parses)
@@ -21,7 +21,7 @@ from pathlib import Path
 from freeact_export import manifest
 from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import corpus_calibration_windows, parse_type_rules
-from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, FreeActSpec
+from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, EvalSpec, FreeActSpec
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer
@@ -118,3 +118,9 @@ def _describe_source(source: ModelSource) -> dict:
         return {"architecture": None, "num_layers": None}
 
 
+def check(folder: str | Path, *, corpus: str = "wiki", eval_spec: EvalSpec | None = EvalSpec(),
+          progress: bool = True, engine: str | Path | None = None) -> dict:
+    """The parity report of a rewritten folder (simulation, plugin and portable graphs, engine): parity/check.py."""
+    from freeact_export.parity.check import check as run_check
+
+    return run_check(folder, corpus=corpus, eval_spec=eval_spec, progress=progress, engine=engine)
