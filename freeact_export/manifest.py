@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from freeact_export import __version__
 from freeact_export.errors import UserError
-from freeact_export.runtime.machine import sha256
+from freeact_export.machine import sha256
 
-if TYPE_CHECKING:
-    from freeact_export.plan import Plan
+
+class PlanLike(Protocol):
+    """What the manifest reads of a plan.Plan (the plan module builds on this one, not the reverse)."""
+
+    model: dict
+    groups: list
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -35,7 +39,7 @@ REMEDY = {PLAN_KIND: "write it again with 'freeact-export quantize ... -o DIR'",
 _WHAT = {PLAN_KIND: "the plan", REWRITTEN_KIND: "the folder"}
 
 
-def model_facts(plan: Plan) -> dict:
+def model_facts(plan: PlanLike) -> dict:
     """The model a plan was made for: plan.model's architecture and layer count, and every layer's shape."""
     return {"architecture": plan.model.get("architecture"), "num_layers": plan.model.get("num_layers"),
             "num_groups": len(plan.groups),
@@ -113,7 +117,7 @@ def verify(folder: Path, manifest: dict, kind: str, names: list[str]) -> None:
                         f"{remedy}")
 
 
-def check_plan_facts(folder: Path, manifest: dict, kind: str, plan: Plan) -> None:
+def check_plan_facts(folder: Path, manifest: dict, kind: str, plan: PlanLike) -> None:
     """The loaded plan's layers are the ones its manifest records (a hand-edited manifest can lie)."""
     recorded, loaded = manifest["model"], model_facts(plan)
     for key in ("num_groups", "groups"):

@@ -117,3 +117,10 @@ def load_torch_model(source: ModelSource, dtype: str = "float32", device: str = 
     except Exception as err:  # a damaged or unsupported folder is the user's input
         raise UserError(f"cannot load a causal LM from {folder} ({_first_line(err)})") from None
     return model.to(device).eval()
+
+
+def bos_context_id(tokenizer) -> int | None:
+    """BOS id when the tokenizer prepends it by default (the BOS rule of docs/evaluation.md), else None."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("The").input_ids
+    return bos if bos is not None and len(ids) > 0 and ids[0] == bos else None

@@ -28,11 +28,11 @@ from freeact_export.config import (
     FreeActSpec,
 )
 from freeact_export.errors import UserError
-from freeact_export.evaluate.perplexity import Windows, bos_context_id, corpus_windows, perplexity
+from freeact_export.evaluate.perplexity import Windows, corpus_windows, perplexity
 from freeact_export.export.prefill import export_prefill
 from freeact_export.files import atomic_path, check_new_output, stamped
 from freeact_export.manifest import describe_torch_model
-from freeact_export.models import hf_folder, load_tokenizer, load_torch_model
+from freeact_export.models import bos_context_id, hf_folder, load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
 from freeact_export.preflight import require_checkpoint_folder, require_context, require_room, writing

@@ -16,7 +16,7 @@ from freeact_export.calibrate.massive import MassiveTokens
 from freeact_export.calibrate.stats import GroupRecorder, TypeContext, TypeStats
 from freeact_export.config import CalibSpec
 from freeact_export.errors import UserError
-from freeact_export.evaluate.perplexity import bos_context_id
+from freeact_export.models import bos_context_id
 from freeact_export.module_surgery import swap_module
 from freeact_export.preflight import require_context
 from freeact_export.token_types import TokenTypes

@@ -6,7 +6,7 @@
       build.json                   the build record
       manifest.json                versions, GPU architecture, sha256 of every file and of the sources
       runner.py                    standalone runner (deploy/bundle_runner.py): checks, then runs
-      machine.py                   the machine probes runner.py imports (runtime/machine.py)
+      machine.py                   the machine probes runner.py imports (machine.py)
 
 A folder, not an archive: the runner checks and runs it in place, and `tar czf` packs it for
 transport without this tool. The manifest names what the engine depends on (TensorRT version and
@@ -22,14 +22,14 @@ import shutil
 import time
 from pathlib import Path
 
-from freeact_export import __version__
+from freeact_export import __version__, machine
 from freeact_export.deploy import bundle_runner
 from freeact_export.deploy.bundle_runner import FORMAT, FORMAT_VERSION, MANIFEST
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
+from freeact_export.machine import sha256
 from freeact_export.rewrite.folder import PLAN_DIR, PLUGIN_GRAPH, load_rewritten
-from freeact_export.runtime import machine, trt_engine
-from freeact_export.runtime.machine import sha256
+from freeact_export.runtime import trt_engine
 
 RUNNER = "runner.py"
 PROBES = "machine.py"  # runner.py imports it: the machine facts, read as `build` reads them

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 if __package__:  # imported from freeact_export (build, bundle, tests)
-    from freeact_export.runtime import machine as probes
+    from freeact_export import machine as probes
 else:  # run as a bundle's runner.py: the bundle carries machine.py beside it
     import machine as probes
 

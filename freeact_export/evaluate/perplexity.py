@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from freeact_export.config import EvalSpec
 from freeact_export.errors import UserError
+from freeact_export.models import bos_context_id
 
 if TYPE_CHECKING:
     from freeact_export.assets import Corpus
@@ -30,13 +31,6 @@ class LogitsRunner(Protocol):
     """Anything that maps input_ids [1, T] (int64) to logits [1, T, V] as a CPU torch tensor."""
 
     def __call__(self, input_ids: np.ndarray) -> torch.Tensor: ...
-
-
-def bos_context_id(tokenizer) -> int | None:
-    """BOS id when the tokenizer prepends it by default (the BOS rule of docs/evaluation.md), else None."""
-    bos = tokenizer.bos_token_id
-    ids = tokenizer("The").input_ids
-    return bos if bos is not None and len(ids) > 0 and ids[0] == bos else None
 
 
 @dataclasses.dataclass(frozen=True)

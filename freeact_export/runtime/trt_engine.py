@@ -24,9 +24,9 @@ from pathlib import Path
 from freeact_export import __version__
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
+from freeact_export.machine import probe_gpu, sha256, tensorrt_cuda_major
 from freeact_export.rewrite.folder import PLUGIN_GRAPH, load_rewritten, read_rewritten_graph
 from freeact_export.runtime import plugin_lib
-from freeact_export.runtime.machine import probe_gpu, sha256, tensorrt_cuda_major
 
 ENGINE_DIR, ENGINE_FILE, BUILD_RECORD = "engine", "model.plan", "build.json"
 TIMING_CACHE = "timing.cache"

@@ -17,7 +17,7 @@ from rewritten_tiny import rewritten_tiny
 
 from freeact_export.deploy.bundle import PROBES, RUNNER, copy_runner, make_manifest, source_hashes
 from freeact_export.deploy.bundle_runner import EXIT_REFUSED, MANIFEST, mismatches
-from freeact_export.runtime.machine import probe_machine, sha256
+from freeact_export.machine import probe_machine, sha256
 from test_cli import assert_one_line_error, run_cli
 
 ORIN = {"tensorrt": "10.14.1.48", "tensorrt_cuda_major": 12, "gpu": "Orin", "compute_capability": "8.7",
