@@ -21,10 +21,10 @@ from rewritten_tiny import rewritten_tiny
 
 from freeact_export import api
 from freeact_export.deploy.bundle_runner import EXIT_REFUSED, MANIFEST
+from freeact_export.machine import probe_gpu
 from freeact_export.onnx_in.session import exact_session_options
 from freeact_export.parity.check import check
 from freeact_export.runtime import plugin_lib
-from freeact_export.runtime.machine import probe_gpu
 from freeact_export.runtime.trt_engine import BuildSpec, ProfileSpec
 
 if importlib.util.find_spec("tensorrt") is None:
