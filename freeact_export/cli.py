@@ -227,17 +227,13 @@ def _add_quantize(sub) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from freeact_export import api
-    from freeact_export.api import FREEACT_PRESETS, EvalSpec
+    from freeact_export.api import EvalSpec
 
-    _require_learned_method(args)
+    freeact = api.learning_settings(args.method, args.preset, steps=args.steps, checkpoint=args.checkpoint,
+                                    dedicated_fraction=args.dedicated_fraction, type_weighting=args.type_weighting)
     eval_spec = None if args.no_eval else settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
-    calib = _calib_override(args)
-    learning = {k: v for k, v in (("steps", args.steps), ("dedicated_fraction", args.dedicated_fraction),
-                                  ("type_weighting", args.type_weighting)) if v is not None}
-    freeact = settings(dataclasses.replace, FREEACT_PRESETS[args.preset], **learning) if learning else None
+    calib = api.calibration_settings(args.preset, args.calib_windows, args.calib_seqlen)
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
                           seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
                           overwrite=args.overwrite, checkpoint=args.checkpoint)
@@ -303,18 +299,12 @@ def _add_rewrite(sub) -> None:
 
 
 def _run_rewrite(args: argparse.Namespace) -> None:
-    import dataclasses
+    from freeact_export import api
 
-    from freeact_export.api import FREEACT_PRESETS, rewrite_onnx
-
-    _require_learned_method(args)
-    model = Path(args.model)
-    stem = model.stem if model.suffix == ".onnx" else model.name
-    output = args.output or str(model.parent / f"{stem}-{args.method}-{args.bits}")
-    calib = _calib_override(args)
-    freeact = None if args.steps is None else settings(dataclasses.replace, FREEACT_PRESETS[args.preset],
-                                                        steps=args.steps)
-    report = rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
+    freeact = api.learning_settings(args.method, args.preset, steps=args.steps, checkpoint=args.checkpoint)
+    output = args.output or api.rewrite_output(args.model, args.method, args.bits)
+    calib = api.calibration_settings(args.preset, args.calib_windows, args.calib_seqlen)
+    report = api.rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
                           types=args.types, preset=args.preset, seed=args.seed, calib=calib, freeact=freeact,
                           tokenizer=args.tokenizer, overwrite=args.overwrite, checkpoint=args.checkpoint)
     before, after = report["weight_bytes_before"], report["weight_bytes_after"]
@@ -421,34 +411,6 @@ def _print_tensorrt(trt) -> None:
         for name, o in c["outputs"].items():
             print(f"  {' vs '.join(c['pair'])} {name}: max|diff| {o['max_abs_diff']:.3g}, mean|diff| "
                   f"{o['mean_abs_diff']:.3g}, SQNR {o['sqnr_db']:.1f} dB {'pass' if o['passed'] else 'FAIL'}")
-
-
-def _require_learned_method(args: argparse.Namespace) -> None:
-    """Learning settings given to a method that learns nothing would be silently ignored: refuse them."""
-    from freeact_export.api import LEARNED
-
-    given = [flag for flag, value in (("--steps", args.steps), ("--checkpoint", args.checkpoint),
-                                      ("--dedicated-fraction", getattr(args, "dedicated_fraction", None)),
-                                      ("--type-weighting", getattr(args, "type_weighting", None)))
-             if value is not None]
-    if given and args.method.removesuffix("+gptq") not in LEARNED:
-        raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the learned methods "
-                        f"({', '.join(LEARNED)}, with or without +gptq) and --method {args.method} learns nothing; "
-                        f"drop {'it' if len(given) == 1 else 'them'} or choose a learned method")
-
-
-def _calib_override(args: argparse.Namespace):
-    """The preset's calibration settings with --calib-windows / --calib-seqlen applied (None: the preset's)."""
-    import dataclasses
-
-    from freeact_export.api import CALIB_PRESETS
-
-    if args.calib_windows is None and args.calib_seqlen is None:
-        return None
-    preset = CALIB_PRESETS[args.preset]
-    return settings(dataclasses.replace, preset,
-                    windows=preset.windows if args.calib_windows is None else args.calib_windows,
-                    seqlen=preset.seqlen if args.calib_seqlen is None else args.calib_seqlen)
 
 
 COMMANDS = ("eval", "export", "quantize", "rewrite", "check", "build", "bundle", "triton", "serve")

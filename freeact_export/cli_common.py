@@ -74,8 +74,7 @@ def require_folder(path: str, what: str) -> Path:
 
 
 def settings(factory, *args, **fields):
-    """Build a settings object; its validation errors become one-line user errors."""
-    try:
-        return factory(*args, **fields)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    """Build a settings object; its validation errors become one-line user errors (api.checked)."""
+    from freeact_export.api import checked
+
+    return checked(factory, *args, **fields)

@@ -20,6 +20,7 @@ _SOURCES = {
                                     "evaluate", "export", "plan_model", "quantize", "resolve_device", "write_json"),
     "freeact_export.api.onnx_in": ("check", "rewrite_onnx"),
     "freeact_export.api.deploy": ("build_engine", "bundle", "serve", "triton"),
+    "freeact_export.api.settings": ("calibration_settings", "checked", "learning_settings", "rewrite_output"),
     "freeact_export.assets": ("MODELS", "resolve_model"),
     "freeact_export.config": ("BITS_PRESETS", "CALIB_PRESETS", "FREEACT_PRESETS", "CalibSpec", "EvalSpec",
                               "ExportSpec"),
