@@ -1,14 +1,7 @@
 """Entry points for an ONNX model: `freeact-export MODEL.onnx` (calibrate, plan, rewrite) and `check`.
 
-The folder (rewrite/folder.py holds its format) holds everything later stages need and nothing they must guess:
-  plugin.onnx     FreeActQuantize + Int4MatMul (what TensorRT parses)
-  portable.onnx   the same plan in standard ONNX ops (what ONNX Runtime runs anywhere)
-  plan/           the plan (plan.json + plan.safetensors)
-  tokenizer + config files copied from the input folder, source.json (the input's export.json)
-  report.json     settings, timings, layer counts, weight bytes before/after, layers left in float
-  manifest.json   the model it was made for and the sha256 of every file above (freeact_export.manifest),
-                  verified by load_rewritten before any command uses the folder
-  check/          written by `freeact-export check` (parity and perplexities)
+It writes one folder, whose layout rewrite/folder.py describes and every later stage reads back through
+(load_rewritten verifies it against its manifest first).
 """
 
 from __future__ import annotations
