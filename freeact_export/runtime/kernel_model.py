@@ -58,7 +58,7 @@ class _SharedInput(torch.nn.Module):
     def types_for(self, x: torch.Tensor) -> torch.Tensor:
         if self.context.types is None:
             raise RuntimeError(f"group {self.group_name}: token types were not set before the forward")
-        return self.context.types.reshape(x.shape[:-1]).to(torch.int32).contiguous()  # the kernels' type
+        return self.context.types.reshape(x.shape[:-1])
 
     def compute(self, x: torch.Tensor):
         raise NotImplementedError
@@ -174,3 +174,7 @@ class KernelLogits(TypedLogits):
 
     def __init__(self, model: torch.nn.Module, plan: Plan):
         super().__init__(plan.token_types, lambda context: install_kernels(model, plan, context))
+
+    def prepare(self, input_ids: torch.Tensor) -> None:
+        super().prepare(input_ids)
+        self.context.types = self.context.types.to(torch.int32).contiguous()  # the kernels' type, once a batch
