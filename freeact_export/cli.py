@@ -13,7 +13,18 @@ from pathlib import Path
 from freeact_export import __version__
 from freeact_export.api import UserError
 from freeact_export.cli_check import add_check, check_and_print
-from freeact_export.cli_common import COUNT, PROG, SEED, SEQLEN, Parser, formatter, require_folder, settings
+from freeact_export.cli_common import (
+    COUNT,
+    PROG,
+    SEED,
+    SEQLEN,
+    Parser,
+    add_rounding,
+    formatter,
+    require_folder,
+    rounding,
+    settings,
+)
 from freeact_export.cli_deploy import add_build, add_bundle, add_serve, add_triton
 
 OVERVIEW = """\
@@ -216,6 +227,7 @@ def _add_quantize(sub) -> None:
     p.add_argument("--type-weighting", choices=["tokens", "equal"],
                    help="FreeAct objective: sum over tokens (default) or each type's error equally")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the method's random choices (default: 0)")
+    add_rounding(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--windows", type=COUNT, default=32, help="eval windows for the simulated perplexity (default: 32)")
     p.add_argument("--seqlen", type=SEQLEN, default=1024, help="eval window length (default: 1024)")
@@ -236,7 +248,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
     calib = api.calibration_settings(args.preset, args.calib_windows, args.calib_seqlen)
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
                           seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
-                          overwrite=args.overwrite, checkpoint=args.checkpoint)
+                          overwrite=args.overwrite, checkpoint=args.checkpoint, rounding=rounding(args))
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
     print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
           f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s{_resumed(report)}; "
@@ -291,6 +303,7 @@ def _add_rewrite(sub) -> None:
     p.add_argument("--calib-seqlen", type=SEQLEN, metavar="T", help="calibration window length (overrides the preset)")
     p.add_argument("--steps", type=COUNT, metavar="N", help="FreeAct / FlatQuant learning steps per group")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the method's random choices (default: 0)")
+    add_rounding(p)
     p.add_argument("--checkpoint", metavar="DIR", help=CHECKPOINT_HELP)
     p.add_argument("--no-check", action="store_true", help="skip the parity check and perplexities")
     p.add_argument("--windows", type=COUNT, default=32, help="eval windows for the check's perplexities (default: 32)")
@@ -306,7 +319,8 @@ def _run_rewrite(args: argparse.Namespace) -> None:
     calib = api.calibration_settings(args.preset, args.calib_windows, args.calib_seqlen)
     report = api.rewrite_onnx(args.model, output, corpus=args.corpus, method=args.method, bits=args.bits,
                           types=args.types, preset=args.preset, seed=args.seed, calib=calib, freeact=freeact,
-                          tokenizer=args.tokenizer, overwrite=args.overwrite, checkpoint=args.checkpoint)
+                          tokenizer=args.tokenizer, overwrite=args.overwrite, checkpoint=args.checkpoint,
+                          rounding=rounding(args))
     before, after = report["weight_bytes_before"], report["weight_bytes_after"]
     print(f"{args.method} {args.bits}: {report['quantized_layers']} linear layers in {report['groups']} groups "
           f"rewritten; calibration {report['calibration_s']:.0f} s (onnxruntime), planning {report['plan_s']:.0f} s"

@@ -78,3 +78,34 @@ def settings(factory, *args, **fields):
     from freeact_export.api import checked
 
     return checked(factory, *args, **fields)
+
+
+def group_size(text: str) -> int:
+    """An argparse type: 'channel' (0) or an even group size >= 2."""
+    if text == "channel":
+        return 0
+    value = int_at_least(2, " (or 'channel' for one scale per output channel)")(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"must be even: two INT4 codes share a byte (got {value})")
+    return value
+
+
+def add_rounding(p: argparse.ArgumentParser) -> None:
+    """The weight rounding flags of 'quantize' and the ONNX-in path."""
+    p.add_argument("--clip-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="search each weight row's (group's) clip for the least rounding error, as QuaRot's w_clip")
+    p.add_argument("--code-range", choices=["symmetric", "full"], default=None,
+                   help="INT4 weight codes: symmetric ±7, or full: all 16 codes, the extreme on -8 "
+                        "(ONNX Runtime's rule)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="+gptq: quantize columns in order of decreasing Hessian diagonal")
+    p.add_argument("--group-size", type=group_size, metavar="G",
+                   help="w4a16: inputs per weight scale, or 'channel' (default: 128, or the largest power of "
+                        "two below it that divides the input: 64 for 576)")
+
+
+def rounding(args: argparse.Namespace):
+    from freeact_export import api
+
+    return api.rounding_settings(args.method, args.bits, args.clip_search, args.code_range, args.act_order,
+                                 args.group_size)

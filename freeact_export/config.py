@@ -82,6 +82,7 @@ class ExportSpec(_Versioned):
 
 
 GRANULARITIES = ("channel", "group", "token", "tensor")
+CODE_RANGES = ("symmetric", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,12 @@ class QuantSpec(_Versioned):
             run time) or "tensor".
         group_size: inputs per group when granularity == "group".
         clip_ratio: fraction of the range kept before rounding (1.0 = no clipping).
+        code_range: weights only. "symmetric": as above; "full": ONNX Runtime's INT4 rule, all
+            2^b codes: the slice's extreme value lands exactly on -2^(b-1), so scale =
+            extreme / -2^(b-1) carries the sign opposite to the extreme's (scales may be negative).
+        clip_search: weights only. Each slice's clip is searched (QuaRot's w_clip: shrink factors
+            1, 0.99, ..., 0.21, keeping the one with the least sum |dequantized - w|^2.4) on top of
+            clip_ratio, unless a learned clip is given.
     """
 
     bits: int = 4
@@ -105,6 +112,8 @@ class QuantSpec(_Versioned):
     granularity: str = "channel"
     group_size: int = 0
     clip_ratio: float = 1.0
+    code_range: str = "symmetric"
+    clip_search: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -115,24 +124,84 @@ class QuantSpec(_Versioned):
             raise ValueError("group_size is set exactly when granularity is 'group'")
         if not 0.0 < self.clip_ratio <= 1.0:
             raise ValueError(f"clip_ratio must be in (0, 1] (got {self.clip_ratio})")
+        if self.code_range not in CODE_RANGES:
+            raise ValueError(f"code_range must be one of {CODE_RANGES} (got {self.code_range})")
+        if self.code_range == "full" and not self.symmetric:
+            raise ValueError("code_range 'full' is a symmetric rule; asymmetric codes use every code already")
+        if (self.code_range == "full" or self.clip_search) and self.granularity == "token":
+            raise ValueError("code_range 'full' and clip_search are weight rules; activations are quantized at run "
+                             "time by the kernels' fixed rule")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightOptions(_Versioned):
+    """How weights are rounded, on top of a bit setting's standard quantizer (docs/evaluation.md).
+
+    Attributes:
+        clip_search: search each weight slice's clip (QuantSpec.clip_search).
+        code_range: "symmetric" (±(2^(b-1)-1)) or "full" (ONNX Runtime's rule; QuantSpec.code_range).
+        act_order: GPTQ quantizes columns in order of decreasing Hessian diagonal (GPTQ's
+            act-order; groups keep their contiguous inputs: their scales are fixed before).
+        group_size: W4A16 only: None for the protocol's groups (128, or the largest power of two
+            below it that divides the input), 0 for one scale per output channel, or a size
+            that must divide every group's input.
+    """
+
+    clip_search: bool = False
+    code_range: str = "symmetric"
+    act_order: bool = False
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.code_range not in CODE_RANGES:
+            raise ValueError(f"weight code range must be one of {', '.join(CODE_RANGES)} (got {self.code_range})")
+        if self.group_size is not None and (self.group_size < 0 or self.group_size % 2):
+            raise ValueError(f"group size must be 0 (per channel) or a positive even number (got {self.group_size})")
+
+    def label(self) -> str:
+        """What differs from the standard rounding, for table rows and reports ('' when nothing does)."""
+        parts = (["clip-search"] if self.clip_search else []) + (["full-range"] if self.code_range == "full" else [])
+        parts += ["act-order"] if self.act_order else []
+        if self.group_size is not None:
+            parts.append("per-channel" if self.group_size == 0 else f"g{self.group_size}")
+        return ",".join(parts)
 
 
 BITS_PRESETS = ("w4a4", "w4a8", "w4a16")
 
 
-def bits_preset(name: str, in_features: int) -> tuple[QuantSpec, QuantSpec | None]:
+def protocol_group(in_features: int) -> int:
+    """W4A16's group size (docs/evaluation.md): 128, or the largest power of two below it that
+    divides the input (576 -> 64); 0 (per channel) for an odd input."""
+    group = 128
+    while in_features % group:
+        group //= 2
+    return group if group > 1 else 0
+
+
+def bits_preset(name: str, in_features: int,
+                options: WeightOptions = WeightOptions()) -> tuple[QuantSpec, QuantSpec | None]:
     """The standard settings of docs/evaluation.md: (weight quantizer, activation quantizer or None).
 
     W4A4 / W4A8: INT4 symmetric per output channel, INT4 / INT8 symmetric per token.
-    W4A16: INT4 symmetric in groups of 128 inputs (per channel where `in_features` is not a
-    multiple of 128), activations in floating point.
+    W4A16: INT4 symmetric in groups (protocol_group, or options.group_size), activations in
+    floating point. `options` adds the clip search and the full code range to the weights.
+
+    Raises:
+        ValueError: an unknown name, a group size given for W4A4 / W4A8, or one that does not divide
+            `in_features`.
     """
+    rounding = {"code_range": options.code_range, "clip_search": options.clip_search}
     if name == "w4a16":
-        group = in_features % 128 == 0
-        weight = QuantSpec(4, True, "group" if group else "channel", 128 if group else 0)
-        return weight, None
+        group = protocol_group(in_features) if options.group_size is None else options.group_size
+        if group and in_features % group:
+            raise ValueError(f"group size {group} does not divide an input of {in_features} features")
+        return QuantSpec(4, True, "group" if group else "channel", group, **rounding), None
     if name in ("w4a4", "w4a8"):
-        return QuantSpec(4, True, "channel"), QuantSpec(int(name[-1]), True, "token")
+        if options.group_size is not None:
+            raise ValueError(f"a weight group size applies to w4a16 only; {name} weights are per output channel "
+                             "(docs/evaluation.md)")
+        return QuantSpec(4, True, "channel", **rounding), QuantSpec(int(name[-1]), True, "token")
     raise ValueError(f"bits must be one of {BITS_PRESETS} (got {name})")
 
 

@@ -101,7 +101,8 @@ def matmul_inputs(tokens, k, n, act_bits, group_size, rng):
         a = rng.integers(-qmax - 1, qmax + 1, (tokens, k)).astype(np.int8)
         codes = reference.pack_int4(a).view(np.int8) if act_bits == 4 else a
         scale = rng.uniform(0.01, 2, (tokens, 1)).astype(np.float32)
-    ws = rng.uniform(0.001, 0.1, (n, groups)).astype(np.float32)
+    # signed scales: the full INT4 code range (ONNX Runtime's rule) gives the sign opposite the extreme's
+    ws = (rng.uniform(0.001, 0.1, (n, groups)) * rng.choice([-1, 1], (n, groups))).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     return a, codes, scale, w, reference.pack_int4(w).view(np.int8), ws, bias
 
@@ -120,7 +121,8 @@ def matmul_reference(a, scale, w, ws, bias, group_size):
     # For integer activations each group's dot is exact, so k drops out; the slices of a per-channel split
     # add at most k / MIN_SPLIT_K terms.
     steps = groups + k // variants.MIN_SPLIT_K + 3 + (k if scale is None else 0)
-    size = (np.abs(a).astype(np.float64) @ (np.abs(w) * np.repeat(ws, seg, axis=1)).T.astype(np.float64)) * np.abs(s)
+    weights = np.abs(w) * np.repeat(np.abs(ws), seg, axis=1)
+    size = (np.abs(a).astype(np.float64) @ weights.T.astype(np.float64)) * np.abs(s)
     return y, gamma(steps) * (size + np.abs(bias)) + U * np.abs(y)
 
 

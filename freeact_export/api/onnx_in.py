@@ -14,14 +14,14 @@ from pathlib import Path
 from freeact_export import manifest
 from freeact_export.assets import ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import corpus_calibration_windows, parse_type_rules
-from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, EvalSpec, FreeActSpec
+from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, EvalSpec, FreeActSpec, WeightOptions
 from freeact_export.errors import UserError
 from freeact_export.files import atomic_path, check_new_output
 from freeact_export.models import load_tokenizer
 from freeact_export.onnx_in.calibrate import calibrate_onnx
 from freeact_export.onnx_in.graph import load_onnx, read_onnx
 from freeact_export.preflight import files_bytes, require_checkpoint_folder, require_room, writing
-from freeact_export.quantize.planner import DEFAULT_METHOD, build_plan
+from freeact_export.quantize.planner import DEFAULT_METHOD, build_plan, check_rounding
 from freeact_export.rewrite.folder import COPIED, PLAN_DIR, PLUGIN_GRAPH, PORTABLE_GRAPH, save_graph
 from freeact_export.rewrite.graphs import rewrite
 from freeact_export.token_types import DEFAULT_TYPES
@@ -31,10 +31,11 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
                  bits: str = "w4a4", types: str = DEFAULT_TYPES, preset: str = "cpu", seed: int = 0,
                  calib: CalibSpec | None = None, freeact: FreeActSpec | None = None, tokenizer: str | None = None,
                  device: str = "cpu", overwrite: bool = False, progress: bool = True,
-                 checkpoint: str | Path | None = None) -> dict:
+                 checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions()) -> dict:
     """Calibrate with ONNX Runtime, plan, write the plugin and portable graphs; return the report.
 
-    `checkpoint`: a folder for learned groups, so an interrupted run resumes (see build_plan).
+    `checkpoint`: a folder for learned groups, so an interrupted run resumes (see build_plan);
+    `rounding`: the weight rounding options.
     """
     source = resolve_model(model)
     if source.kind != "onnx":
@@ -54,6 +55,7 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
                      "which calibration from a text corpus cannot fill")
             raise UserError(f"token-type rule '{rule.to_text()}' needs the graph input '{rule.input_name}', {where}; "
                             "use id or position rules here")
+    check_rounding(bits, rounding, ((g.name, g.in_features) for g in onnx_model.groups))
     tok = load_tokenizer(source, tokenizer)
     text = resolve_corpus(corpus)
     calib_spec = CALIB_PRESETS[preset] if calib is None else calib
@@ -63,13 +65,14 @@ def rewrite_onnx(model: str, output: str | Path, *, corpus: str = "wiki", method
     calibration_s = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     learning = FREEACT_PRESETS[preset] if freeact is None else freeact
-    plan = build_plan(onnx_model.weights, record, method, bits, seed, progress, learning, checkpoint)
+    plan = build_plan(onnx_model.weights, record, method, bits, seed, progress, learning, checkpoint, rounding)
     plan_s = round(time.perf_counter() - start, 1)
     counts = record.type_token_counts()
     plan.info.update({"model": model, "corpus": text.name, "preset": preset, "calibration": calib_spec.to_dict(),
                       "type_token_counts": counts, "frontend": "onnxruntime"})
     plan.model = _describe_source(source)
     report = {"kind": "rewrite", "model": model, "model_path": str(source.path), "method": method, "bits": bits,
+              "weights": rounding.to_dict(),
               "types": token_types.to_text(), "preset": preset, "seed": seed, "corpus": text.name,
               "calibration": calib_spec.to_dict(), "type_token_counts": counts,
               "calibration_s": calibration_s, "plan_s": plan_s, "groups": len(plan.groups),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, FreeActSpec
+from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS, CalibSpec, FreeActSpec, WeightOptions
 from freeact_export.errors import UserError
 from freeact_export.quantize.planner import LEARNED
 
@@ -45,6 +45,23 @@ def learning_settings(method: str, preset: str, **overrides) -> FreeActSpec | No
                         f"({', '.join(LEARNED)}, with or without +gptq) and --method {method} learns nothing; "
                         f"drop {'it' if len(flags) == 1 else 'them'} or choose a learned method")
     return checked(dataclasses.replace, FREEACT_PRESETS[preset], **learning) if learning else None
+
+
+def rounding_settings(method: str, bits: str, clip_search: bool | None = None, code_range: str | None = None,
+                      act_order: bool | None = None, group_size: int | None = None) -> WeightOptions:
+    """The weight rounding options with the given ones applied (None: the default).
+
+    Raises:
+        UserError: --act-order without GPTQ, or --group-size for a setting whose weights are per channel.
+    """
+    if act_order and not method.endswith("+gptq"):
+        raise UserError(f"--act-order orders GPTQ's columns and --method {method} rounds without GPTQ; "
+                        f"use --method {method.removesuffix('+gptq')}+gptq or drop --act-order")
+    if group_size is not None and bits != "w4a16":
+        raise UserError(f"--group-size applies to --bits w4a16; {bits} weights are per output channel "
+                        "(docs/evaluation.md)")
+    given = {"clip_search": clip_search, "code_range": code_range, "act_order": act_order, "group_size": group_size}
+    return checked(WeightOptions, **{k: v for k, v in given.items() if v is not None})
 
 
 def rewrite_output(model: str, method: str, bits: str) -> str:

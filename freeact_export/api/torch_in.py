@@ -26,6 +26,7 @@ from freeact_export.config import (
     EvalSpec,
     ExportSpec,
     FreeActSpec,
+    WeightOptions,
 )
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, corpus_windows, perplexity
@@ -36,7 +37,7 @@ from freeact_export.models import bos_context_id, hf_folder, load_tokenizer, loa
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
 from freeact_export.preflight import require_checkpoint_folder, require_context, require_room, writing
-from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS, build_plan, torch_weights
+from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS, build_plan, check_rounding, torch_weights
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
 from freeact_export.simulate.fake_quant import SimulatedLogits
@@ -276,7 +277,8 @@ def _check_choice(kind: str, value: str, choices) -> None:
 
 def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES, preset: str = "cpu", *,
                     device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
-                    progress: bool = True, plan_output: Path | None = None) -> Calibrated:
+                    progress: bool = True, plan_output: Path | None = None,
+                    rounding: tuple[str, WeightOptions] | None = None) -> Calibrated:
     """Load a PyTorch model and collect its per-type calibration statistics (docs/evaluation.md sampling).
 
     Args:
@@ -289,6 +291,8 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
             learning settings of FreeAct / FlatQuant).
         plan_output: where the plan will be written: its folder's free space is checked against
             the plan's size once the model is loaded, before calibrating.
+        rounding: (bits, weight options) the plan will use, checked against every linear layer's
+            input once the model is loaded, before calibrating.
     """
     source = resolve_model(model)
     if source.kind == "onnx":
@@ -313,6 +317,9 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
     if plan_output is not None:  # INT4 codes are stored a byte each; transforms and scales add little
         linear = sum(m.weight.numel() for m in torch_model.modules() if isinstance(m, torch.nn.Linear))
         require_room(plan_output, linear, "the plan (a byte per linear weight)")
+    if rounding is not None:
+        check_rounding(*rounding, ((name, m.in_features) for name, m in torch_model.named_modules()
+                                   if isinstance(m, torch.nn.Linear)))
     start = time.perf_counter()
     record = calibrate(torch_model, calib_windows, token_types, calib_spec, progress)
     return Calibrated(model, source, text, preset, device, torch_model, record, windows, eval_spec,
@@ -321,26 +328,28 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
 
 def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4", seed: int = 0,
                progress: bool = True, freeact: FreeActSpec | None = None,
-               checkpoint: str | Path | None = None) -> tuple[Plan, dict]:
+               checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions()) -> tuple[Plan, dict]:
     """Plan one method at one bit setting from a calibration; measure its simulated perplexity.
 
     Args:
         freeact: learning settings of FreeAct / FlatQuant (default: the calibration preset's).
         checkpoint: a folder for learned groups, so an interrupted run resumes (see build_plan).
+        rounding: the weight rounding options (clip search, code range, act-order, W4A16 groups).
     """
     _check_choice("method", method, METHODS)
     _check_choice("bits", bits, BITS_PRESETS)
     start = time.perf_counter()
     freeact = FREEACT_PRESETS[cal.preset] if freeact is None else freeact
     plan = build_plan(torch_weights(cal.torch_model), cal.record, method, bits, seed, progress, freeact,
-                      checkpoint)
+                      checkpoint, rounding)
     plan_s = round(time.perf_counter() - start, 1)
     calib_spec = cal.record.spec.to_dict()
     plan.info.update({"model": cal.model, "corpus": cal.corpus.name, "preset": cal.preset, "calibration": calib_spec,
                       "type_token_counts": cal.type_token_counts()})
     plan.model = describe_torch_model(cal.torch_model)  # recorded in the folder's manifest
     report = {"kind": "quantize", "model": cal.model, "model_path": str(cal.source.path), "method": method,
-              "bits": bits, "types": cal.record.token_types.to_text(), "preset": cal.preset, "seed": seed,
+              "bits": bits, "weights": rounding.to_dict(), "types": cal.record.token_types.to_text(),
+              "preset": cal.preset, "seed": seed,
               "device": cal.device, "calibration_s": cal.calibration_s, "plan_s": plan_s,
               "quantize_s": round(cal.calibration_s + plan_s, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
               "calibration": calib_spec, "type_token_counts": cal.type_token_counts(), "groups": len(plan.groups),
@@ -358,7 +367,7 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
              types: str = DEFAULT_TYPES, preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0,
              device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
              freeact: FreeActSpec | None = None, overwrite: bool = False, progress: bool = True,
-             checkpoint: str | Path | None = None) -> dict:
+             checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions()) -> dict:
     """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
 
     See calibrate_model and plan_model for the arguments; `seed` drives the method's random
@@ -373,8 +382,8 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
     if checkpoint is not None:
         require_checkpoint_folder(checkpoint)
     cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
-                          progress=progress, plan_output=out)
-    plan, report = plan_model(cal, method, bits, seed, progress, freeact, checkpoint)
+                          progress=progress, plan_output=out, rounding=(bits, rounding))
+    plan, report = plan_model(cal, method, bits, seed, progress, freeact, checkpoint, rounding)
     if out is not None:
         with writing(out), atomic_path(out, overwrite) as tmp:
             tmp.mkdir()

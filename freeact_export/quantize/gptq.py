@@ -9,6 +9,8 @@ through the Cholesky factor of H⁻¹.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from freeact_export.calibrate.stats import TypeStats
@@ -30,18 +32,32 @@ def transformed_hessian(stats: list[TypeStats], kind: str, tensors: dict[str, to
 
 def _column_params(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None):
     """Per-row scale (and zero) [n, 1] of a weight slice, exactly as quantize() computes them."""
-    flat = QuantSpec(spec.bits, spec.symmetric, "channel", 0, spec.clip_ratio)
-    q = quantize(w, flat, clip)
+    q = quantize(w, dataclasses.replace(spec, granularity="channel", group_size=0), clip)
     return q.scale, q.zero
 
 
+def _static_params(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None):
+    """The weight's scales (and zeros) as stored, fixed before any column is quantized, and each
+    column's [n, d]."""
+    q = quantize(w, spec, clip)
+    if spec.granularity == "channel":
+        spread = lambda t: t.expand_as(w)  # noqa: E731
+    else:
+        spread = lambda t: t.repeat_interleave(spec.group_size, dim=1)  # noqa: E731  [n, d/g] -> [n, d]
+    return q.scale, q.zero, spread(q.scale), None if q.zero is None else spread(q.zero).double()
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec,
-                  clip: torch.Tensor | None = None) -> Quantized:
+                  clip: torch.Tensor | None = None, act_order: bool = False) -> Quantized:
     """Quantize a weight [n, d] (float64) column by column with error feedback.
 
     Scales are fixed before the columns they cover are quantized: once per row for
     per-channel specs (from the unmodified weight, clip applied), and at each group's first
-    column for group specs (from the error-updated weights), as reference GPTQ does.
+    column for group specs (from the error-updated weights), as reference GPTQ does. With
+    act_order, columns go in order of decreasing Hessian diagonal (the inputs with the most
+    energy first, while the most columns are left to absorb their error); groups then keep
+    their contiguous inputs, so their scales are fixed from the unmodified weight up front
+    (reference GPTQ's static_groups).
     """
     if spec.granularity not in ("channel", "group"):
         raise ValueError("GPTQ quantizes weights per channel or per group")
@@ -51,34 +67,47 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec,
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    grouped_on_the_fly = spec.granularity == "group" and not act_order
+    if not grouped_on_the_fly:
+        scale, zero, col_scale, col_zero = _static_params(w, spec, clip)
+    perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else torch.arange(d)
+    w, h = w[:, perm], h[perm][:, perm]
+    if not grouped_on_the_fly:
+        col_scale = col_scale[:, perm]
+        col_zero = None if col_zero is None else col_zero[:, perm]
     h += _DAMP * torch.diagonal(h).mean() * torch.eye(d, dtype=torch.float64)
     h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
     lo, hi = code_range(spec.bits, spec.symmetric)
     codes = torch.zeros(n, d, dtype=torch.float64)
-    block = spec.group_size if spec.granularity == "group" else _BLOCK
+    block = spec.group_size if grouped_on_the_fly else _BLOCK
     scales, zeros = [], []
-    scale, zero = _column_params(w, spec, clip) if spec.granularity == "channel" else (None, None)
     for start in range(0, d, block):
         stop = min(start + block, d)
         w1 = w[:, start:stop].clone()
         err1 = torch.zeros_like(w1)
         h1 = h_inv[start:stop, start:stop]
-        if spec.granularity == "group":  # blocks coincide with groups: w1 is fully updated here
+        if grouped_on_the_fly:  # blocks coincide with groups: w1 is fully updated here
             scale, zero = _column_params(w1, spec, clip)
             scales.append(scale)
             zeros.append(zero)
         for i in range(stop - start):
+            j = slice(start + i, start + i + 1)
+            if grouped_on_the_fly:
+                s, z = scale, None if zero is None else zero.double()
+            else:
+                s, z = col_scale[:, j], None if col_zero is None else col_zero[:, j]
             col = w1[:, i:i + 1]
-            c = torch.round(col / scale) + (0 if zero is None else zero.double())
+            c = torch.round(col / s) + (0 if z is None else z)
             c = c.clamp(lo, hi)
-            deq = (c - (0 if zero is None else zero.double())) * scale
+            deq = (c - (0 if z is None else z)) * s
             codes[:, start + i] = c[:, 0]
             err = (col - deq) / h1[i, i]
             w1[:, i:] -= err * h1[i:i + 1, i:]
             err1[:, i:i + 1] = err
         w[:, stop:] -= err1 @ h_inv[start:stop, stop:]
-    if spec.granularity == "group":
+    codes = codes[:, torch.argsort(perm)]
+    if grouped_on_the_fly:
         scale = torch.cat(scales, dim=1)
         zero = None if zeros[0] is None else torch.cat(zeros, dim=1)
     return Quantized(codes.to(code_dtype(spec)), scale, zero)

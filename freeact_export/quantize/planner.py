@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from freeact_export.calibrate.run import CalibrationRecord
-from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, bits_preset
+from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, WeightOptions, bits_preset
+from freeact_export.errors import UserError
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.quantize.astro import astro_weight
 from freeact_export.quantize.checkpoint import LearnedGroups
@@ -42,13 +44,14 @@ def torch_weights(model: torch.nn.Module) -> WeightSource:
 
 def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
                      clip: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
-                     astro: torch.Tensor | None = None) -> list[LinearPlan]:
+                     astro: torch.Tensor | None = None, act_order: bool = False) -> list[LinearPlan]:
     """Fold the transform into each weight (float64) and quantize it; scales kept in float32.
 
     Args:
         clip: learned clipping per output channel of the stacked consumers [sum of out, 1].
         hessian: E[x̃ x̃ᵀ] of the transformed activations: quantize with GPTQ instead of RTN.
         astro: E[x̃ x̃ᵀ] for Astro-style regularisation of each folded weight before quantizing.
+        act_order: GPTQ's column order by decreasing Hessian diagonal.
     """
     plans, row = [], 0
     for name, (weight, bias) in zip(names, linears, strict=True):
@@ -57,7 +60,8 @@ def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
             folded = astro_weight(folded, astro, spec)
         rows = folded.shape[0]
         row_clip = None if clip is None else clip[row:row + rows]
-        q = quantize(folded, spec, row_clip) if hessian is None else gptq_quantize(folded, hessian, spec, row_clip)
+        q = quantize(folded, spec, row_clip) if hessian is None else \
+            gptq_quantize(folded, hessian, spec, row_clip, act_order)
         row += rows
         bias = None if bias is None else bias.float().clone()
         plans.append(LinearPlan(name, q.codes, q.scale.float(), q.zero, bias))
@@ -69,14 +73,28 @@ def _stored(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() for k, v in tensors.items()}
 
 
+def check_rounding(bits: str, rounding: WeightOptions, inputs: Iterable[tuple[str, int]]) -> None:
+    """Refuse, in one line, weight options that a layer's input width cannot take (a group size that does
+    not divide it), before any long work; `inputs`: (layer or group name, input features)."""
+    for name, in_features in inputs:
+        try:
+            bits_preset(bits, in_features, rounding)
+        except ValueError as err:
+            raise UserError(f"{err} ({name}); choose a size that divides every linear layer's input, or leave "
+                            "--group-size out for the protocol's groups") from None
+
+
 def learned_groups(folder: str | Path, record: CalibrationRecord, method: str, bits: str, seed: int,
-                   freeact: FreeActSpec) -> LearnedGroups:
+                   freeact: FreeActSpec, weights: WeightOptions = WeightOptions()) -> LearnedGroups:
     """The checkpoint of `method`'s learned groups: keyed by what a learned group depends on, the
     settings and the statistics (each group's and type's mean energy tells another model or
     corpus apart). +gptq only changes how the learned transform's weights are rounded."""
     settings = {"method": method.partition("+")[0], "bits": bits, "seed": seed, "learning": freeact.to_dict(),
                 "calibration": record.spec.to_dict(), "types": record.token_types.to_text(),
                 "groups": [g.name for g in record.groups]}
+    learning_rounding = dataclasses.replace(weights, act_order=False)  # GPTQ's order changes no learning
+    if learning_rounding != WeightOptions():  # the learning rounds weights as they will be: a folder per rounding
+        settings["weights"] = learning_rounding.to_dict()
     energy = [float(s.second_moment.diagonal().sum()) / max(s.count, 1) for g in record.groups
               for s in record.stats[g.name]]
     return LearnedGroups(folder, settings, energy)
@@ -84,24 +102,27 @@ def learned_groups(folder: str | Path, record: CalibrationRecord, method: str, b
 
 def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bits: str, seed: int = 0,
                progress: bool = True, freeact: FreeActSpec | None = None,
-               checkpoint: str | Path | None = None) -> Plan:
+               checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions()) -> Plan:
     """Compute every group's transform and quantized weights with `method`.
 
     Args:
         freeact: learning settings for "freeact" / "flatquant" (default: the cpu preset).
         checkpoint: a folder where learned groups are saved as they finish and read back when
             a run with the same settings is started again (learned methods only).
+        rounding: the weight quantizer's options (clip search, code range, GPTQ's act-order,
+            W4A16's group size).
     """
     base, gptq = lookup(method)
+    check_rounding(bits, rounding, ((g.name, g.in_features) for g in record.groups))
     num_types = record.token_types.num_types
     freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
     groups, act_spec, learned = [], None, []
     saved, resumed = None, 0
     if checkpoint is not None and base.learned:
-        saved = learned_groups(checkpoint, record, method, bits, seed, freeact)
+        saved = learned_groups(checkpoint, record, method, bits, seed, freeact, rounding)
     for index, group in enumerate(tqdm(record.groups, desc=f"plan ({method})", unit="group", disable=not progress)):
         linears = [weights(name) for name in group.linears]
-        weight_spec, act_spec = bits_preset(bits, group.in_features)
+        weight_spec, act_spec = bits_preset(bits, group.in_features, rounding)
         stats = record.stats[group.name]
         task = GroupInput(group.name, stats, [w for w, _ in linears], weight_spec, act_spec, freeact,
                           seed * 1_000_003 + index, num_types)
@@ -122,8 +143,9 @@ def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bi
         groups.append(GroupPlan(group.name, group.in_features, kind, tensors,
                                 quantize_weights(group.linears, linears, kind, tensors, weight_spec,
                                                  result.weight_clip, hessian if gptq else None,
-                                                 hessian if base.astro_weights else None), weight_spec))
-    info = {"seed": seed}
+                                                 hessian if base.astro_weights else None,
+                                                 rounding.act_order), weight_spec))
+    info = {"seed": seed, "weights": rounding.to_dict()}
     if learned:
         info.update(freeact=freeact.to_dict(), learning=learned)
     if saved is not None:  # a resumed run's planning time covers only the groups learned in it

@@ -5,6 +5,11 @@ Conventions (shared with the ONNX rewrite and the CUDA kernels):
   true division in the tensor's float type.
 - symmetric: scale = clip · absmax / qmax with qmax = 2^(b-1) - 1; codes in [-qmax-1, qmax],
   and -qmax-1 is never produced from unclipped data, so negation stays exact.
+- full code range (weights only, ONNX Runtime's INT4 rule): scale = clip · extreme / (-qmax-1),
+  where extreme is the slice's value of largest magnitude, so it lands exactly on -qmax-1 and
+  the scale's sign is the opposite of its own: all 2^b codes are used.
+- clip search (weights only, QuaRot's w_clip): each slice's clip is the shrink factor of
+  1, 0.99, ..., 0.21 whose dequantized slice has the least sum |error|^2.4.
 - asymmetric: range [min(x, 0), max(x, 0)] · clip over 2^b - 1 steps; zero = round(-lo / scale);
   codes in [0, 2^b - 1]; x ≈ (codes - zero) · scale.
 - an all-zero row gets scale 1 (codes 0), never a division by zero.
@@ -52,14 +57,20 @@ def _grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return x
 
 
-def _scale_zero(g: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float):
-    """Scale (and zero) per last-dim slice of the grouped view; differentiable in `clip`.
-
-    A tensor clip is given per row ([rows, 1]); in the group view it applies to every group.
-    """
-    lo_code, hi_code = code_range(spec.bits, spec.symmetric)
+def _row_clip(clip: torch.Tensor | float, spec: QuantSpec) -> torch.Tensor | float:
+    """A clip given per row ([rows, 1]) in the grouped view: it applies to every group of the row."""
     if isinstance(clip, torch.Tensor) and spec.granularity == "group":
-        clip = clip.unsqueeze(-1)
+        return clip.unsqueeze(-1)
+    return clip
+
+
+def _scale_zero(g: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float):
+    """Scale (and zero) per last-dim slice of the grouped view; differentiable in `clip`, which is
+    per slice of that view (or a float)."""
+    lo_code, hi_code = code_range(spec.bits, spec.symmetric)
+    if spec.code_range == "full":
+        extreme = g.gather(-1, g.abs().argmax(dim=-1, keepdim=True)) * clip
+        return torch.where(extreme != 0, extreme / lo_code, torch.ones_like(extreme)), None
     if spec.symmetric:
         absmax = g.abs().amax(dim=-1, keepdim=True) * clip
         scale = absmax / hi_code
@@ -81,15 +92,42 @@ def _codes(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec
     return rounded.clamp(lo_code, hi_code)
 
 
+# QuaRot's w_clip search: shrink factors 1 - i / _GRID for i < _MAX_SHRINK · _GRID, error norm _NORM.
+_GRID, _MAX_SHRINK, _NORM = 100, 0.8, 2.4
+
+
+def _searched_clip(g: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Per slice of the grouped view, spec.clip_ratio times the shrink factor with the least error."""
+    best_err = torch.full((*g.shape[:-1], 1), float("inf"), dtype=g.dtype)
+    best = torch.ones_like(best_err)
+    for i in range(int(_MAX_SHRINK * _GRID)):
+        shrink = 1 - i / _GRID
+        scale, zero = _scale_zero(g, spec, spec.clip_ratio * shrink)
+        codes = _codes(g, scale, zero, spec, ste=False)
+        deq = (codes if zero is None else codes - zero) * scale
+        err = (deq - g).abs().pow(_NORM).sum(dim=-1, keepdim=True)
+        better = err < best_err  # strict: ties keep the larger clip, as QuaRot's loop does
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, shrink), best)
+    return spec.clip_ratio * best
+
+
 def quantize(x: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> Quantized:
     """Integer codes and scales of x under `spec`.
 
     Args:
         clip: per-slice clipping factors broadcastable to the scale (e.g. learned, one per
-            output channel [rows, 1]); defaults to spec.clip_ratio.
+            output channel [rows, 1]); defaults to spec.clip_ratio, or with spec.clip_search
+            to each slice's searched clip.
     """
     g = _grouped(x, spec)
-    scale, zero = _scale_zero(g, spec, spec.clip_ratio if clip is None else clip)
+    if clip is not None:
+        clip = _row_clip(clip, spec)
+    elif spec.clip_search:
+        clip = _searched_clip(g, spec)
+    else:
+        clip = spec.clip_ratio
+    scale, zero = _scale_zero(g, spec, clip)
     codes = _codes(g, scale, zero, spec, ste=False).to(code_dtype(spec)).reshape(x.shape)
     if spec.granularity == "group":
         scale = scale.squeeze(-1)
@@ -122,7 +160,7 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float |
             parameter, one per output channel); defaults to spec.clip_ratio.
     """
     g = _grouped(x, spec)
-    scale, zero = _scale_zero(g, spec, spec.clip_ratio if clip is None else clip)
+    scale, zero = _scale_zero(g, spec, spec.clip_ratio if clip is None else _row_clip(clip, spec))
     codes = _codes(g, scale, zero, spec, ste=True)
     if zero is not None:
         codes = codes - zero

@@ -1,10 +1,12 @@
 """Quantizers against independent fp64 formulas; packing bit-exact against a byte-level reference."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from freeact_export.config import QuantSpec, bits_preset
+from freeact_export.config import QuantSpec, WeightOptions, bits_preset
 from freeact_export.quantize.packing import pack_int4, unpack_int4
 from freeact_export.quantize.quantizers import dequantize, fake_quantize, quantize
 
@@ -80,7 +82,88 @@ def test_bits_presets_follow_eval_md():
     assert bits_preset("w4a4", 576) == (QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"))
     assert bits_preset("w4a8", 576)[1] == QuantSpec(8, True, "token")
     assert bits_preset("w4a16", 1536) == (QuantSpec(4, True, "group", 128), None)
-    assert bits_preset("w4a16", 576) == (QuantSpec(4, True, "channel"), None)  # 576 % 128 != 0
+    # 128 where it divides the input, else the largest power of two below it that does (576 -> 64)
+    assert bits_preset("w4a16", 576) == (QuantSpec(4, True, "group", 64), None)
+    assert bits_preset("w4a16", 18944) == (QuantSpec(4, True, "group", 128), None)  # 148 x 128
+    assert bits_preset("w4a16", 96)[0].group_size == 32
+    assert bits_preset("w4a16", 75) == (QuantSpec(4, True, "channel"), None)  # odd: no group
+    assert bits_preset("w4a16", 576, WeightOptions(group_size=0))[0] == QuantSpec(4, True, "channel")
+    assert bits_preset("w4a16", 576, WeightOptions(group_size=32))[0] == QuantSpec(4, True, "group", 32)
+    rounded = bits_preset("w4a8", 576, WeightOptions(clip_search=True, code_range="full"))
+    assert rounded == (QuantSpec(4, True, "channel", code_range="full", clip_search=True), QuantSpec(8, True, "token"))
+    with pytest.raises(ValueError, match="does not divide"):
+        bits_preset("w4a16", 576, WeightOptions(group_size=256))
+    with pytest.raises(ValueError, match="applies to w4a16 only"):
+        bits_preset("w4a4", 576, WeightOptions(group_size=64))
+    with pytest.raises(ValueError, match="weight rules"):  # activations keep the kernels' rule
+        QuantSpec(8, True, "token", code_range="full")
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_full_code_range_equals_onnx_runtime_int4_quantizer(group):
+    """ONNX Runtime's own symmetric INT4 block quantizer (MatMul4BitsQuantizer's kernel) is the reference:
+    the same codes and the same (signed) scales, bit for bit."""
+    quantize_matmul_4bits = pytest.importorskip("onnxruntime.capi._pybind_state").quantize_matmul_4bits
+    rng = np.random.default_rng(group)
+    n, k = 40, 256
+    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 3, (n, 1))).astype(np.float32)
+    blocks = k // group
+    packed = np.zeros((n, blocks, group // 2), np.uint8)
+    scales = np.zeros(n * blocks, np.float32)
+    zeros = np.zeros(n * ((blocks + 1) // 2), np.uint8)
+    quantize_matmul_4bits(packed, np.ascontiguousarray(w.T), scales, zeros, group, n, k, True)
+    ort_codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, k).astype(np.int32) - 8  # zero point 8
+    ours = quantize(torch.from_numpy(w), QuantSpec(4, True, "group", group, code_range="full"))
+    np.testing.assert_array_equal(ours.codes.numpy(), ort_codes)
+    np.testing.assert_array_equal(ours.scale.numpy(), scales.reshape(n, blocks))
+    assert ours.codes.min() == -8 and (ours.scale < 0).any()  # every code used; the sign follows the extreme
+
+
+def test_full_code_range_puts_each_rows_extreme_on_the_lowest_code():
+    x = torch.tensor([[1.0, -2.0, 4.0, 0.5], [-3.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    q = quantize(x, QuantSpec(4, True, "channel", code_range="full"))
+    assert q.codes[:, :3].tolist() == [[-2, 4, -8], [-8, 5, 3], [0, 0, 0]]  # 4 / -0.5, -3 / 0.375, ...
+    assert q.scale.flatten().tolist() == [-0.5, 0.375, 1.0]  # extreme / -8; an all-zero row keeps scale 1
+
+
+def _reference_clip_search(w: np.ndarray, full: bool) -> np.ndarray:
+    """QuaRot's w_clip written out per row in float64: shrink p = 1 - i/100 for i < 80, error sum |e|^2.4,
+    the first (largest) p of least error; returns the dequantized rows."""
+    out = np.zeros_like(w)
+    for r, row in enumerate(w):
+        extreme = row[np.argmax(np.abs(row))]
+        best = np.inf
+        for i in range(80):
+            p = 1 - i / 100
+            scale = p * extreme / -8 if full else p * np.abs(row).max() / 7
+            deq = np.clip(np.round(row / scale), -8, 7) * scale
+            err = np.sum(np.abs(deq - row) ** 2.4)
+            if err < best:
+                best, out[r] = err, deq
+    return out
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_clip_search_equals_quarots_rule_and_lowers_the_error(full):
+    rng = np.random.default_rng(3)
+    w = rng.standard_t(3, (30, 96))  # heavy tails: clipping pays in most rows
+    spec = QuantSpec(4, True, "channel", code_range="full" if full else "symmetric", clip_search=True)
+    ours = dequantize(quantize(torch.from_numpy(w), spec), spec, torch.float64).numpy()
+    np.testing.assert_allclose(ours, _reference_clip_search(w, full), rtol=1e-12, atol=0)
+    plain = dequantize(quantize(torch.from_numpy(w), QuantSpec(4, True, "channel")), spec, torch.float64).numpy()
+    assert np.sum(np.abs(ours - w) ** 2) < 0.9 * np.sum(np.abs(plain - w) ** 2)
+    # per group: every group searches its own clip
+    grouped = dataclasses.replace(spec, granularity="group", group_size=32)
+    got = dequantize(quantize(torch.from_numpy(w), grouped), grouped, torch.float64).numpy()
+    ref = _reference_clip_search(w.reshape(-1, 32), full).reshape(w.shape)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+
+
+def test_a_learned_clip_takes_the_place_of_the_search():
+    w = torch.randn(8, 32, dtype=torch.float64)
+    clip = torch.full((8, 1), 0.8, dtype=torch.float64)
+    searched = QuantSpec(4, True, "channel", clip_search=True)
+    assert torch.equal(quantize(w, searched, clip).codes, quantize(w, QuantSpec(4, True, "channel"), clip).codes)
 
 
 def _reference_pack(codes: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 from freeact_export import api
 from freeact_export.api import rewrite_onnx
 from freeact_export.cli import main
-from freeact_export.config import CalibSpec, EvalSpec, ExportSpec, FreeActSpec
+from freeact_export.config import CalibSpec, EvalSpec, ExportSpec, FreeActSpec, WeightOptions
 from freeact_export.onnx_in.graph import load_onnx
 from freeact_export.ops import schema
 from freeact_export.parity.check import check
@@ -41,21 +41,32 @@ def exported(tmp_path_factory):
     return root, graphs
 
 
-def _rewrite(exported, tiny_text_file, arch, method, bits, name):
+def _rewrite(exported, tiny_text_file, arch, method, bits, name, rounding=WeightOptions()):
     root, graphs = exported
     out = root / name
     if not out.exists():
         rewrite_onnx(str(graphs[arch]), out, corpus=str(tiny_text_file), method=method, bits=bits,
-                     types="sink=pos:3", calib=CALIB, freeact=FreeActSpec(steps=6), progress=False)
+                     types="sink=pos:3", calib=CALIB, freeact=FreeActSpec(steps=6), progress=False, rounding=rounding)
     return out
 
 
-@pytest.mark.parametrize(("arch", "method", "bits"), [("llama", "freeact", "w4a4"), ("qwen2", "smoothrot+gptq", "w4a8"),
-                                                      ("llama", "rtn", "w4a16"), ("qwen2", "freeact-general", "w4a4")])
-def test_three_way_parity(exported, tiny_text_file, arch, method, bits):
-    out = _rewrite(exported, tiny_text_file, arch, method, bits, f"{arch}-{method}-{bits}")
+# Every code used and signed scales (the extreme on -8, ONNX Runtime's rule), searched clips, act-order.
+ROUNDED = WeightOptions(clip_search=True, code_range="full", act_order=True)
+
+
+@pytest.mark.parametrize(("arch", "method", "bits", "rounding"), [
+    ("llama", "freeact", "w4a4", WeightOptions()), ("qwen2", "smoothrot+gptq", "w4a8", WeightOptions()),
+    ("llama", "rtn", "w4a16", WeightOptions()), ("qwen2", "freeact-general", "w4a4", WeightOptions()),
+    ("llama", "quarot+gptq", "w4a8", ROUNDED), ("qwen2", "quarot+gptq", "w4a16", ROUNDED)])
+def test_three_way_parity(exported, tiny_text_file, arch, method, bits, rounding):
+    name = "-".join(filter(None, (arch, method, bits, rounding.label())))  # shared with the tests below
+    out = _rewrite(exported, tiny_text_file, arch, method, bits, name, rounding)
+    plan = Plan.load(out / "plan")
+    if rounding.code_range == "full":  # signed scales reach all three runners
+        assert all(g.weight_spec.code_range == "full" for g in plan.groups)
+        assert any((lin.scale < 0).any() for g in plan.groups for lin in g.linears)
     if method == "freeact-general":  # the per-type factors reach all three runners (portable: one branch per type)
-        assert any("type_kron_1" in g.tensors for g in Plan.load(out / "plan").groups)
+        assert any("type_kron_1" in g.tensors for g in plan.groups)
     record = check(out, corpus=str(tiny_text_file), eval_spec=CHECK_EVAL, progress=False)
     assert record["passed"], json.dumps(record, indent=1)
     assert record["runners"] == ["simulation", "plugin", "portable"]
