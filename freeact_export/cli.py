@@ -194,7 +194,10 @@ def _add_quantize(sub) -> None:
             (per-type activation factors A_k1 ⊗ A_k2 on the one shared weight fold). Append +gptq
             to any method to quantize its transformed weights with GPTQ (e.g. quarot+gptq).
             bits (docs/evaluation.md): w4a4 / w4a8 = INT4 per-channel weights, INT4 / INT8 per-token
-            activations; w4a16 = INT4 weights in groups of 128, float activations.
+            activations; w4a16 = INT4 weights in groups of 128 (64 for a 576-wide input: the
+            largest power of two up to 128 that divides it), float activations. Weight rounding:
+            --clip-search (QuaRot's w_clip), --code-range full (all 16 codes, ONNX Runtime's rule),
+            --act-order (+gptq), --group-size (w4a16).
             types: token-type rules, first match wins, type 0 = every other token:
               single                       one type
               sink=pos:1                   the first token (attention sink) vs the rest

@@ -57,7 +57,7 @@ class GroupPlan:
             "type_kron_1" [K, d1, d1] + "type_kron_2" [K, d2, d2] (kronecker only): type k's tokens
             take these factors instead of the shared pair, which still folds the weights.
         linears: the consumers, in module order.
-        weight_spec: their weights' quantizer (W4A16 uses groups of 128 only where d allows).
+        weight_spec: their weights' quantizer (config.bits_preset: W4A16's group size depends on d).
     """
 
     name: str

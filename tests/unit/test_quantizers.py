@@ -143,20 +143,28 @@ def _reference_clip_search(w: np.ndarray, full: bool) -> np.ndarray:
     return out
 
 
+def _assert_same_choice(got: np.ndarray, ref: np.ndarray, w: np.ndarray) -> None:
+    """The searched rows equal the reference's, except where float32 evaluation (ours, QuaRot's) picks
+    another factor at a near-tie: there the error may exceed the reference's optimum by float32 rounding."""
+    err = lambda deq: np.sum(np.abs(deq - w) ** 2.4, axis=-1)  # noqa: E731
+    same = np.all(np.abs(got - ref) <= 1e-12 * np.abs(w).max(), axis=-1)
+    assert same.mean() >= 0.95
+    assert np.all(err(got) <= err(ref) * (1 + 1e-5))
+
+
 @pytest.mark.parametrize("full", [False, True])
 def test_clip_search_equals_quarots_rule_and_lowers_the_error(full):
     rng = np.random.default_rng(3)
     w = rng.standard_t(3, (30, 96))  # heavy tails: clipping pays in most rows
     spec = QuantSpec(4, True, "channel", code_range="full" if full else "symmetric", clip_search=True)
     ours = dequantize(quantize(torch.from_numpy(w), spec), spec, torch.float64).numpy()
-    np.testing.assert_allclose(ours, _reference_clip_search(w, full), rtol=1e-12, atol=0)
+    _assert_same_choice(ours, _reference_clip_search(w, full), w)
     plain = dequantize(quantize(torch.from_numpy(w), QuantSpec(4, True, "channel")), spec, torch.float64).numpy()
     assert np.sum(np.abs(ours - w) ** 2) < 0.9 * np.sum(np.abs(plain - w) ** 2)
     # per group: every group searches its own clip
     grouped = dataclasses.replace(spec, granularity="group", group_size=32)
     got = dequantize(quantize(torch.from_numpy(w), grouped), grouped, torch.float64).numpy()
-    ref = _reference_clip_search(w.reshape(-1, 32), full).reshape(w.shape)
-    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+    _assert_same_choice(got.reshape(-1, 32), _reference_clip_search(w.reshape(-1, 32), full), w.reshape(-1, 32))
 
 
 def test_a_learned_clip_takes_the_place_of_the_search():

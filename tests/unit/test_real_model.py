@@ -86,8 +86,8 @@ def test_w4a16_simulation_equals_an_independent_weight_rtn_model(calibrated_sink
     model = copy.deepcopy(calibrated_sinks.torch_model)
     with torch.no_grad():
         for module in model.model.layers.modules():
-            if isinstance(module, torch.nn.Linear):  # bits_preset's W4A16: groups of 128 where d allows
-                module.weight.copy_(_rtn_reference(module.weight, 128 if module.in_features % 128 == 0 else 0))
+            if isinstance(module, torch.nn.Linear):  # docs/evaluation.md's W4A16: 128, or 64 for 576 = 9 x 64
+                module.weight.copy_(_rtn_reference(module.weight, 128 if module.in_features % 128 == 0 else 64))
     windows = api.corpus_windows(load_tokenizer(resolve_model("smollm2-135m")), resolve_corpus("wiki"), spec)
     reference = perplexity(TorchLogits(model), windows, progress=False).perplexity
     assert simulated == pytest.approx(reference, rel=1e-4)
