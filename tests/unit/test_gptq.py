@@ -6,6 +6,7 @@ import torch
 from freeact_export.calibrate.stats import TypeStats
 from freeact_export.config import QuantSpec
 from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
+from freeact_export.quantize.planner import quantize_weights
 from freeact_export.quantize.quantizers import dequantize, quantize
 from freeact_export.transforms.hadamard import hadamard
 
@@ -119,3 +120,14 @@ def test_act_order_with_an_identity_hessian_is_round_to_nearest(spec):
     searched = dataclasses.replace(spec, clip_search=True)
     got = gptq_quantize(w, torch.eye(64, dtype=torch.float64), searched, act_order=True)
     assert torch.equal(got.codes, quantize(w, searched).codes)
+
+
+def test_gptq_with_the_clip_search_searches_in_place_of_a_learned_clip():
+    gen = torch.Generator().manual_seed(6)
+    w, h = _correlated(6, 16, 32)
+    learned = torch.rand(16, 1, dtype=torch.float64, generator=gen) * 0.3 + 0.6
+    spec = QuantSpec(4, True, "channel", clip_search=True)
+    got = quantize_weights(["a"], [(w, None)], "identity", {}, spec, clip=learned, hessian=h)[0]
+    assert torch.equal(got.codes, gptq_quantize(w, h, spec).codes)  # searched, not learned
+    rtn = quantize_weights(["a"], [(w, None)], "identity", {}, spec, clip=learned)[0]
+    assert torch.equal(rtn.codes, quantize(w, spec, learned).codes)  # round-to-nearest keeps the learned clip
