@@ -71,3 +71,20 @@ def test_readme_check_figures_match_their_record():
     assert f"limit {100 * ppl['tolerance_relative']:.2f} %" in README
     replayed = " / ".join(f"{c['replayed_logits_sqnr_db']:.1f}" for c in record["comparisons"])
     assert f"**{replayed} dB**" in README
+
+
+def test_readme_rounding_table_matches_its_record():
+    """The table measured with the weight rounding options: every cell's perplexity, as recorded."""
+    import json
+
+    cells = json.loads((ROOT / "results" / "smollm2-135m" / "rounding" / "bench_accuracy.json").read_text())
+    section = README.split("### Accuracy with the weight rounding options", 1)[1].split("\n### ", 1)[0]
+    for key, cell in cells.items():
+        if key == "fp" or "(" in key:  # a record kept beside the table (see the section's text)
+            continue
+        method, column = key.split("/")
+        row = next(line for line in section.splitlines() if line.startswith(f"| {method} |"))
+        assert f" {cell['eval']['perplexity']:.2f} " in row, key
+        assert cell["weights"]["clip_search"] and cell["weights"]["code_range"] == "full"
+        assert cell["weights"]["act_order"] == method.endswith("+gptq")
+        assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["seed"]) == (32, 1024, 0)
