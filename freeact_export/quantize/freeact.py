@@ -14,8 +14,9 @@ Masks chosen in the starting basis leak (a random or Hadamard basis spreads ever
 every dimension), and zeroing leaked energy is pure error. So learning runs in two halves: the
 first without masks; then the dedicated blocks (at most r_k = d · dedicated_fraction per type)
 are taken in the learned basis, only where the other types keep less than `MAX_LEAK` of their
-mean energy per dimension; the second half runs both with and without these masks, and the
-lower final objective wins. The masks are kept only where they pay.
+mean energy per dimension; the second half runs both with and without these masks (or, with
+continue_shared off, with them only, against the first half's result), and the lower final
+objective wins. The masks are kept only where they pay.
 
 The general per-type variant (`per_type=True`, method "freeact-general") replaces the masks by
 per-type activation factors: type k's tokens take x̃_k = (x / s)(A_k1 ⊗ A_k2) while the weights
@@ -35,11 +36,16 @@ import torch
 from freeact_export.calibrate.stats import TypeStats
 from freeact_export.config import FreeActSpec, QuantSpec
 from freeact_export.quantize.baselines import smoothing_factors
-from freeact_export.quantize.quantizers import fake_quantize
+from freeact_export.quantize.quantizers import fake_quantize, searched_row_clip
 from freeact_export.transforms.apply import kron_apply
 from freeact_export.transforms.hadamard import hadamard, hadamard_supported, random_orthogonal
 
 _CLIP_LOGIT_INIT = 5.0  # sigmoid(5) = 0.993: start from (almost) no clipping, as FlatQuant does
+# Activation clips tried per type for clip_start="search". A clip's logit moves about lr per AdamW step,
+# so from 0.993 (logit 5) the cpu preset's 100 steps at 5e-3 could not reach 0.9 (logit 2.2): the learned
+# clips barely moved, and starting them searched did more for the objective than 15x the steps.
+ACT_CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+_CLIP_SEARCH_TOKENS = 1024  # tokens per type that the activation clip grid is scored on
 # How dedicated blocks are chosen; recorded with results so figures of earlier choices stay labelled.
 MASK_SELECTION = "v2: in the learned basis, leak-guarded, kept where they lower the objective"
 MAX_LEAK = 0.05  # a dimension is dedicated to one type only where the others keep < 5 % of their mean energy
@@ -114,6 +120,26 @@ class _Learner(torch.nn.Module):
         return kron_apply(x / self.log_smooth.exp(), a1, a2)
 
 
+def _clip_logit(clip: torch.Tensor | float) -> torch.Tensor:
+    """The logit a learned clip starts at: no higher than the unclipped start (its gradient vanishes above)."""
+    ceiling = 1 / (1 + math.exp(-_CLIP_LOGIT_INIT))
+    return torch.logit(torch.as_tensor(clip, dtype=torch.float32).clamp(max=ceiling))
+
+
+def _search_clips(learner: _Learner, weight_spec: QuantSpec, quantized_acts: bool, score) -> None:
+    """Start the clips searched on the starting transform: each weight row's by QuaRot's search, then
+    each type's activation clip, in turn, as the grid value with the lowest `score()` (the objective)."""
+    learner.weight_clip.copy_(_clip_logit(searched_row_clip(learner.folded_weight(), weight_spec)))
+    if not quantized_acts:
+        return
+    for k in range(len(learner.act_clip)):
+        tried = []
+        for clip in ACT_CLIP_GRID:
+            learner.act_clip[k] = _clip_logit(clip)
+            tried.append((score(), -clip))  # a tie keeps the larger clip
+        learner.act_clip[k] = _clip_logit(-min(tried)[1])
+
+
 def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.Tensor], weight_spec: QuantSpec,
                   act_spec: QuantSpec | None, spec: FreeActSpec, single_type: bool,
                   seed: int, per_type: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict]:
@@ -174,6 +200,10 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
     everything = [torch.arange(len(x)) for x in samples]
     no_masks = torch.ones(num_types, d)
     with torch.no_grad():
+        if spec.clip_start == "search":
+            subset = [idx[:_CLIP_SEARCH_TOKENS] for idx in everything]
+            _search_clips(learner, weight_spec, act_spec is not None,
+                          lambda: float(objective(learner, no_masks, subset)))
         before = float(objective(learner, no_masks, everything))
     splits = num_types > 1 and (per_type or spec.dedicated_fraction > 0)
     first = spec.steps // 2 if splits else spec.steps
@@ -187,7 +217,8 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
         if per_type:
             branch.split_per_type(num_types)
         branch_seed = int(torch.randint(0, 2**31, (1,), generator=gen))
-        after = learn(learner, no_masks, spec.steps - first, torch.Generator().manual_seed(branch_seed))
+        if spec.continue_shared:  # else the branch competes with the first half's result: a third less learning
+            after = learn(learner, no_masks, spec.steps - first, torch.Generator().manual_seed(branch_seed))
         if per_type or not bool((candidate == 1).all()):
             after_branch = learn(branch, candidate, spec.steps - first, torch.Generator().manual_seed(branch_seed))
             if after_branch < after:

@@ -96,26 +96,36 @@ def _codes(g: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec
 _GRID, _MAX_SHRINK, _NORM = 100, 0.8, 2.4
 
 
-def _searched_clip(g: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def _searched_clip(g: torch.Tensor, spec: QuantSpec, per_row: bool = False) -> torch.Tensor:
     """Per slice of the grouped view, spec.clip_ratio times the shrink factor with the least error.
 
     The errors are evaluated in float32, as QuaRot does (its weights are float32): the fractional
     power is most of the cost, and float64 takes three times as long to pick the same factor (other
-    than at near-ties).
+    than at near-ties). per_row: one factor per row of x, the least error summed over its slices
+    (the shape of a learned clip, [rows, 1]).
     """
-    best = torch.ones((*g.shape[:-1], 1), dtype=g.dtype)  # the factors themselves stay exact
-    g = g.float()
-    best_err = torch.full(best.shape, float("inf"))
+    g32 = g.float()
+    shape = (g.shape[0], 1) if per_row else (*g.shape[:-1], 1)
+    best = torch.ones(shape, dtype=g.dtype)  # the factors themselves stay exact
+    best_err = torch.full(shape, float("inf"))
     for i in range(int(_MAX_SHRINK * _GRID)):
         shrink = 1 - i / _GRID
-        scale, zero = _scale_zero(g, spec, spec.clip_ratio * shrink)
-        codes = _codes(g, scale, zero, spec, ste=False)
+        scale, zero = _scale_zero(g32, spec, spec.clip_ratio * shrink)
+        codes = _codes(g32, scale, zero, spec, ste=False)
         deq = (codes if zero is None else codes - zero) * scale
-        err = (deq - g).abs().pow(_NORM).sum(dim=-1, keepdim=True)
+        err = (deq - g32).abs().pow(_NORM).sum(dim=-1, keepdim=True)
+        if per_row:
+            err = err.reshape(g.shape[0], -1).sum(dim=1, keepdim=True)
         better = err < best_err  # strict: ties keep the larger clip, as QuaRot's loop does
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, torch.full_like(best, shrink), best)
     return spec.clip_ratio * best
+
+
+def searched_row_clip(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """QuaRot's clip search with one factor per row of a weight [rows, cols], over all its groups:
+    the starting point of a learned per-output-channel clip ([rows, 1], relative to the full range)."""
+    return _searched_clip(_grouped(weight, spec), dataclasses.replace(spec, clip_ratio=1.0), per_row=True)
 
 
 def quantize(x: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> Quantized:

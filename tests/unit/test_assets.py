@@ -1,9 +1,12 @@
+import dataclasses
+import hashlib
 import json
 
 import pytest
 
 from freeact_export.assets import (
     CORPORA,
+    ChunkedFile,
     NamedModel,
     PackagedFile,
     resolve_corpus,
@@ -85,3 +88,59 @@ def test_model_kinds_from_paths(tmp_path, tiny_llama):
         resolve_model(str(other))
     with pytest.raises(UserError, match="does not exist"):
         resolve_model(str(tmp_path / "nope" / "m.gguf"))
+
+
+def _chunk_packages(root, parts: list[bytes]) -> tuple:
+    """Real installed-looking packages (a folder with __init__.py on sys.path), one chunk each."""
+    chunks = []
+    for i, data in enumerate(parts):
+        pkg = root / f"chunk_pkg_{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"m.gguf.part{i:02d}").write_bytes(data)
+        chunks.append(PackagedFile(f"chunk_pkg_{i}", f"chunk-pkg-{i}", "1.0", f"data/m.gguf.part{i:02d}"))
+    return tuple(chunks)
+
+
+@pytest.fixture
+def chunked(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("FREEACT_EXPORT_CACHE", str(tmp_path / "cache"))
+    parts = [b"GGUF" + bytes(range(256)) * 40, b"tail" * 999, b"!"]
+    chunks = _chunk_packages(tmp_path / "site", parts)
+    return ChunkedFile("m.gguf", hashlib.sha256(b"".join(parts)).hexdigest(), chunks), b"".join(parts)
+
+
+def test_chunked_model_joins_verifies_and_caches(chunked):
+    asset, whole = chunked
+    path = asset.locate()
+    assert path.read_bytes() == whole
+    assert asset.locate() == path  # the cached copy, verified again
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left beside it
+    registry = {"chunky": NamedModel(asset, "")}
+    assert resolve_model("chunky", registry).path == path
+
+
+def test_damaged_cached_join_is_refused(chunked):
+    asset, _ = chunked
+    path = asset.locate()
+    path.write_bytes(path.read_bytes()[:-1] + b"?")
+    with pytest.raises(UserError, match="does not match the published SHA-256.*delete it"):
+        asset.locate()
+
+
+def test_wrong_chunks_leave_nothing_behind(chunked):
+    asset, _ = chunked
+    wrong = dataclasses.replace(asset, sha256="0" * 64)
+    with pytest.raises(UserError, match=r"do not join into the published file.*--force-reinstall$"):
+        wrong.locate()
+    assert not any((asset.locate().parent).glob("*.partial"))
+    assert not (asset.locate().parent / f"{'0' * 12}-m.gguf").exists()
+
+
+def test_missing_chunk_names_every_package(chunked):
+    asset, _ = chunked
+    ghost = dataclasses.replace(asset, chunks=(*asset.chunks, PackagedFile("no_such_chunk", "no-such-chunk", "1.0",
+                                                                           "data/x")))
+    with pytest.raises(UserError, match=r"no-such-chunk is missing.*chunk-pkg-0==1\.0 .*no-such-chunk==1\.0$"):
+        ghost.locate()

@@ -13,11 +13,12 @@ def test_bench_writes_table_records_and_plot(tmp_path, tiny_llama, tiny_text_fil
     cmd = [sys.executable, str(ROOT / "tools" / "bench_accuracy.py"), "--model", str(tiny_llama),
            "--corpus", str(tiny_text_file), "--methods", "rtn,quarot+gptq,freeact,freeact-general+gptq",
            "--bits", "w4a4", "--types", "sink=pos:1", "--types", "single", "--windows", "2", "--seqlen", "256",
-           "--device", "cpu", "--clip-search", "--code-range", "full", "--act-order",
+           "--device", "cpu", "--clip-search", "--code-range", "full", "--act-order", "--steps", "20",
            "--out", str(out), "--checkpoint", str(tmp_path / "learned")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "bench_accuracy.json").read_text())
+    assert results["freeact/w4a4"]["learning_spec"]["steps"] == 20  # --steps over the preset's
     # The extra rule adds rows only for the methods whose plan depends on the types.
     assert set(results) == {"fp", "rtn/w4a4", "quarot+gptq/w4a4", "freeact/w4a4", "freeact-general+gptq/w4a4",
                             "freeact[single]/w4a4", "freeact-general+gptq[single]/w4a4"}

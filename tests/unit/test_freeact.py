@@ -3,12 +3,13 @@ with an error that grows with the energy leaking there; the general variant's pe
 exact where they differ from the shared ones only outside a type's row space; learning lowers
 the objective."""
 
+import numpy as np
 import pytest
 import torch
 
 from freeact_export.calibrate.stats import TypeStats
 from freeact_export.config import FreeActSpec, QuantSpec
-from freeact_export.quantize.freeact import kron_dims, learn_freeact, type_masks
+from freeact_export.quantize.freeact import ACT_CLIP_GRID, kron_dims, learn_freeact, type_masks
 from freeact_export.transforms.apply import kron_apply, type_matrices, typed_activation_side
 from freeact_export.transforms.hadamard import random_orthogonal
 
@@ -146,10 +147,38 @@ def test_general_variant_learns_per_type_factors_for_a_low_rank_type():
         s.add(part, keep=len(part), generator=gen)
         stats.append(s)
     args = ("g", stats, [w], QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"),
-            FreeActSpec(steps=200, lr=3e-2, type_weighting="equal"), False)
+            FreeActSpec(steps=200, lr=3e-2, type_weighting="equal", clip_start="none"), False)
     tensors, _, info = learn_freeact(*args, seed=0, per_type=True)
     shared, _, shared_info = learn_freeact(*args, seed=0)  # same seed: the same first half and batches
     assert info["per_type_factors"] and "masks" not in tensors
     assert tensors["type_kron_1"].shape == (2, D1, D1) and tensors["type_kron_2"].shape == (2, D2, D2)
     assert info["objective_after"] < shared_info["objective_after"] < info["objective_before"]
     assert "type_kron_1" not in shared and not shared_info["per_type_factors"]
+
+
+def test_clip_start_searches_weight_rows_and_activation_clips():
+    """With no learning steps the result is the starting point: the searched weight clip of each row of
+    W diag(s) (P1 ⊗ P2)⁻ᵀ (QuaRot's rule, written here in float64 with np.kron), activation clips from the
+    grid, and an objective below the unclipped start's on heavy-tailed data."""
+    gen = torch.Generator().manual_seed(0)
+    heavy = lambda *shape: torch.randn(*shape, generator=gen) * torch.randn(*shape, generator=gen).exp()  # noqa: E731
+    x, w = heavy(400, D), heavy(24, D)
+    stats = []
+    for part in (x[:300], x[300:]):
+        s = TypeStats.empty(D)
+        s.add(part, keep=len(part), generator=gen)
+        stats.append(s)
+    args = ("g", stats, [w], QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"))
+    searched, clip, info = learn_freeact(*args, FreeActSpec(steps=0), False, seed=0)
+    _, unclipped, start = learn_freeact(*args, FreeActSpec(steps=0, clip_start="none"), False, seed=0)
+    assert torch.allclose(unclipped, torch.full_like(unclipped, 0.9933), atol=1e-4)
+    s, p = searched["smooth"].double().numpy(), np.kron(searched["kron_1"].double(), searched["kron_2"].double())
+    folded = (w.double().numpy() * s) @ np.linalg.inv(p).T
+    best = []
+    for row in folded:
+        errors = [np.sum(np.abs(np.clip(np.round(row / (f * np.abs(row).max() / 7)), -8, 7)
+                                * (f * np.abs(row).max() / 7) - row) ** 2.4) for f in 1 - np.arange(80) / 100]
+        best.append(min(1 - np.argmin(errors) / 100, 0.9933))
+    assert np.mean(np.abs(clip[:, 0].numpy() - np.array(best)) < 1e-4) >= 0.9  # float32 near-ties aside
+    assert all(min(abs(float(c) - g) for g in (*ACT_CLIP_GRID[1:], 0.9933)) < 1e-4 for c in searched["clip"])
+    assert info["objective_before"] < start["objective_before"]

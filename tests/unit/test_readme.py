@@ -88,3 +88,20 @@ def test_readme_rounding_table_matches_its_record():
         assert cell["weights"]["clip_search"] and cell["weights"]["code_range"] == "full"
         assert cell["weights"]["act_order"] == method.endswith("+gptq")
         assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["seed"]) == (32, 1024, 0)
+
+
+def test_readme_cpu_preset_figures_match_their_record():
+    """The converged cpu preset's cells: learned with today's cpu preset, figures as recorded."""
+    import json
+
+    from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS
+
+    cells = json.loads((ROOT / "results" / "smollm2-135m" / "fast-preset" / "bench_accuracy.json").read_text())
+    section = README.split("### The CPU preset, converged (W4A4)", 1)[1].split("\n### ", 1)[0]
+    for name in ("freeact-general/w4a4", "freeact-general+gptq/w4a4"):
+        cell = cells[name]
+        assert cell["preset"] == "cpu" and cell["learning_spec"] == FREEACT_PRESETS["cpu"].to_dict()
+        assert cell["calibration"] == CALIB_PRESETS["cpu"].to_dict()
+        assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["eval"]["corpus"]) == (32, 1024, "wiki")
+        assert f"**{cell['eval']['perplexity']:.2f}**" in section
+    assert f"({cells['freeact-general/w4a4']['quantize_s']:.0f} s" in section
