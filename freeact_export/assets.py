@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from freeact_export.errors import UserError
+from freeact_export.machine import sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,7 @@ class ChunkedFile:
         """Path of the joined, verified file; UserError with the command that installs or repairs it."""
         target = cache_dir() / "assets" / f"{self.sha256[:12]}-{self.name}"
         if target.is_file():
-            if _sha256(target) != self.sha256:
+            if sha256(target) != self.sha256:
                 raise UserError(f"cached {target} does not match the published SHA-256 of {self.name} (damaged); "
                                 "delete it and run again to join the chunks anew")
             return target
@@ -93,14 +94,6 @@ class ChunkedFile:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as src:
-        while block := src.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
