@@ -1,17 +1,14 @@
 """Load stage: tokenizers and PyTorch models from a ModelSource, GGUF through a cached folder.
 
-A GGUF file is converted once into a plain Hugging Face folder (dequantised float weights,
-safetensors) under the cache, so later loads take about a second instead of ~20 s.
-transformers 5 marks a GGUF-loaded model as quantized and refuses save_pretrained, so the
-conversion builds a plain model from the config without its quantization_config and loads
-the dequantised state dict into it. Every load is local_files_only: nothing is downloaded.
+A GGUF file is converted once, one tensor at a time (gguf_folder.py), into a plain Hugging Face
+folder of sharded safetensors under the cache, so later loads take about a second instead of
+~20 s and no stage ever holds the GGUF's whole float copy. Every load is local_files_only:
+nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,7 +18,10 @@ import torch
 
 from freeact_export.assets import ModelSource, cache_dir
 from freeact_export.errors import UserError
+from freeact_export.gguf_folder import convert_gguf
 
+# Bumped when the converted folder's layout changes, so a cache written by an older converter is not reused.
+CONVERTER = "stream-1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -35,30 +35,9 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     import transformers
 
     stat = gguf.stat()
-    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{CONVERTER}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"{gguf.stem}-{digest}"
-
-
-def convert_gguf(gguf: Path, out: Path) -> None:
-    """Write a plain Hugging Face folder (float32 safetensors + tokenizer) for a GGUF file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                         local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    except Exception as err:  # any failure here means the user's file is not a usable GGUF LM
-        raise UserError(f"cannot read GGUF file {gguf} ({_first_line(err)}); "
-                        "is it a complete download of a supported decoder LM?") from None
-    config = copy.deepcopy(quantized.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "freeact_source.json").write_text(json.dumps({"gguf": str(gguf.resolve())}, indent=2))
 
 
 def hf_folder(source: ModelSource) -> Path:

@@ -35,13 +35,24 @@ def test_torch_perplexity_matches_eval_md_reference(torch_record):
     assert torch_record["predictions"] == 4 * 1023
 
 
-def test_gguf_conversion_is_cached():
+def test_gguf_conversion_is_cached_and_equals_transformers_loader():
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
     source = resolve_model("smollm2-135m")
     folder = hf_folder(source)
-    weights = folder / "model.safetensors"
-    stamp = weights.stat().st_mtime_ns
+    shards = sorted(folder.glob("model-*.safetensors"))
+    stamps = [shard.stat().st_mtime_ns for shard in shards]
     assert hf_folder(source) == folder
-    assert weights.stat().st_mtime_ns == stamp
+    assert [shard.stat().st_mtime_ns for shard in shards] == stamps
+    # the streamed float32 folder holds exactly what transformers' whole-file GGUF loader builds
+    peer = AutoModelForCausalLM.from_pretrained(source.path.parent, gguf_file=source.path.name)
+    converted = {}
+    for shard in shards:
+        converted.update(load_file(str(shard)))
+    reference = dict(peer.named_parameters())
+    assert set(converted) == set(reference)
+    assert all(torch.equal(converted[name], p.detach()) for name, p in reference.items())
 
 
 def test_export_runs_in_onnx_runtime_with_the_same_perplexity(smollm2_onnx, torch_record):
