@@ -7,6 +7,7 @@ architecture table is needed: any layout whose linears share inputs is grouped c
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -46,16 +47,21 @@ class _InputProbe(torch.nn.Module):
 
 def find_linear_groups(model: torch.nn.Module, input_ids: torch.Tensor) -> list[LinearGroup]:
     """Group the block linears by the tensor they read during one forward of `input_ids`."""
-    linears = block_linears(model)
+    return group_linears(model, block_linears(model), lambda: model(input_ids=input_ids, use_cache=False))
+
+
+def group_linears(root: torch.nn.Module, linears: dict[str, torch.nn.Linear], run: Callable[[], object]
+                  ) -> list[LinearGroup]:
+    """Group `linears` (qualified names inside `root`) by the tensor each reads while `run()` runs."""
     seen: dict[str, list] = {name: [] for name in linears}
     for name, linear in linears.items():
-        swap_module(model, name, _InputProbe(linear, seen[name]))
+        swap_module(root, name, _InputProbe(linear, seen[name]))
     try:
         with torch.inference_mode():
-            model(input_ids=input_ids, use_cache=False)
+            run()
     finally:
         for name, linear in linears.items():
-            swap_module(model, name, linear)
+            swap_module(root, name, linear)
     by_input: dict[tuple, list[str]] = {}
     for name in linears:
         key = tuple(id(t) for t in seen[name])  # same tensors read => same group

@@ -106,56 +106,89 @@ def learned_groups(folder: str | Path, record: CalibrationRecord, method: str, b
     return LearnedGroups(folder, settings, energy)
 
 
-def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bits: str, seed: int = 0,
-               progress: bool = True, freeact: FreeActSpec | None = None,
-               checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions()) -> Plan:
-    """Compute every group's transform and quantized weights with `method`.
+class Planner:
+    """Plans groups as their statistics arrive (all at once, or one decoder layer at a time) and
+    assembles the Plan; a group's result depends only on its statistics, weights, settings and
+    its index in the model (which seeds its learning).
 
     Args:
         freeact: learning settings for "freeact" / "flatquant" (default: the cpu preset).
-        checkpoint: a folder where learned groups are saved as they finish and read back when
-            a run with the same settings is started again (learned methods only).
         rounding: the weight quantizer's options (clip search, code range, GPTQ's act-order,
             W4A16's group size).
     """
-    base, gptq = lookup(method)
-    check_rounding(bits, rounding, ((g.name, g.in_features) for g in record.groups))
-    num_types = record.token_types.num_types
-    freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
-    groups, act_spec, learned = [], None, []
-    saved, resumed = None, 0
-    if checkpoint is not None and base.learned:
-        saved = learned_groups(checkpoint, record, method, bits, seed, freeact, rounding)
-    for index, group in enumerate(tqdm(record.groups, desc=f"plan ({method})", unit="group", disable=not progress)):
+
+    def __init__(self, method: str, bits: str, num_types: int, seed: int = 0, progress: bool = True,
+                 freeact: FreeActSpec | None = None, rounding: WeightOptions = WeightOptions()):
+        self.method, self.bits, self.seed, self.progress, self.rounding = method, bits, seed, progress, rounding
+        self.base, self.gptq = lookup(method)
+        self.num_types = num_types
+        self.freeact = FREEACT_PRESETS["cpu"] if freeact is None else freeact
+        self.groups: list[GroupPlan] = []
+        self.learned: list[dict] = []
+        self.act_spec = None
+        self.resumed = 0
+        self.checkpoints: list[LearnedGroups] = []
+
+    def plan_groups(self, weights: WeightSource, record: CalibrationRecord, first_index: int = 0,
+                    checkpoint: str | Path | None = None) -> None:
+        """Plan every group of `record` (the model's groups from `first_index` on).
+
+        checkpoint: a folder where learned groups are saved as they finish and read back when a
+        run with the same settings is started again (learned methods only).
+        """
+        check_rounding(self.bits, self.rounding, ((g.name, g.in_features) for g in record.groups))
+        saved = None
+        if checkpoint is not None and self.base.learned:
+            saved = learned_groups(checkpoint, record, self.method, self.bits, self.seed, self.freeact,
+                                   self.rounding)
+            self.checkpoints.append(saved)
+        for local, group in enumerate(tqdm(record.groups, desc=f"plan ({self.method})", unit="group",
+                                           disable=not self.progress)):
+            self.groups.append(self._plan_group(weights, record, group, first_index + local, saved))
+
+    def _plan_group(self, weights: WeightSource, record: CalibrationRecord, group, index: int,
+                    saved: LearnedGroups | None) -> GroupPlan:
         linears = [weights(name) for name in group.linears]
-        weight_spec, act_spec = bits_preset(bits, group.in_features, rounding)
+        weight_spec, self.act_spec = bits_preset(self.bits, group.in_features, self.rounding)
         stats = record.stats[group.name]
-        task = GroupInput(group.name, stats, [w for w, _ in linears], weight_spec, act_spec, freeact,
-                          seed * 1_000_003 + index, num_types)
+        task = GroupInput(group.name, stats, [w for w, _ in linears], weight_spec, self.act_spec, self.freeact,
+                          self.seed * 1_000_003 + index, self.num_types)
         kept = None if saved is None else saved.load(index, group.name)
-        resumed += kept is not None
+        self.resumed += kept is not None
         if kept is not None:
             result = GroupTransform("kronecker", *kept)
         else:
             start = time.perf_counter()
-            result = base.plan_group(task)
+            result = self.base.plan_group(task)
             if saved is not None:
                 saved.save(index, result.tensors, result.weight_clip, result.info,
                            learn_s=time.perf_counter() - start)
         if result.info is not None:
-            learned.append(result.info)
+            self.learned.append(result.info)
         kind, tensors = result.kind, _stored(result.tensors)
-        hessian = transformed_hessian(stats, kind, tensors) if gptq or base.astro_weights else None
-        groups.append(GroupPlan(group.name, group.in_features, kind, tensors,
-                                quantize_weights(group.linears, linears, kind, tensors, weight_spec,
-                                                 result.weight_clip, hessian if gptq else None,
-                                                 hessian if base.astro_weights else None,
-                                                 rounding.act_order), weight_spec))
-    info = {"seed": seed, "weights": rounding.to_dict()}
-    if learned:
-        info.update(freeact=freeact.to_dict(), learning=learned)
-    if saved is not None:  # a resumed run's planning time covers only the groups learned in it
-        info["groups_from_checkpoint"] = resumed
-        learn_s = saved.loaded_learn_s  # what those groups took to learn; None if a group has no time
-        info["checkpoint_learn_s"] = None if learn_s is None else round(learn_s, 1)
-    return Plan(method, bits, act_spec, record.token_types.to_text(), groups, info=info)
+        hessian = transformed_hessian(stats, kind, tensors) if self.gptq or self.base.astro_weights else None
+        return GroupPlan(group.name, group.in_features, kind, tensors,
+                         quantize_weights(group.linears, linears, kind, tensors, weight_spec, result.weight_clip,
+                                          hessian if self.gptq else None,
+                                          hessian if self.base.astro_weights else None,
+                                          self.rounding.act_order), weight_spec)
+
+    def plan(self, token_types: str) -> Plan:
+        """The Plan of every group planned so far, in the order planned."""
+        info = {"seed": self.seed, "weights": self.rounding.to_dict()}
+        if self.learned:
+            info.update(freeact=self.freeact.to_dict(), learning=self.learned)
+        if self.checkpoints:  # a resumed run's planning time covers only the groups learned in it
+            info["groups_from_checkpoint"] = self.resumed
+            times = [c.loaded_learn_s for c in self.checkpoints]  # None where a group has no time
+            info["checkpoint_learn_s"] = None if None in times else round(sum(times), 1)
+        return Plan(self.method, self.bits, self.act_spec, token_types, self.groups, info=info)
+
+
+def build_plan(weights: WeightSource, record: CalibrationRecord, method: str, bits: str, seed: int = 0,
+               progress: bool = True, freeact: FreeActSpec | None = None,
+               checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions()) -> Plan:
+    """Compute every group's transform and quantized weights with `method` (Planner, all groups at once)."""
+    planner = Planner(method, bits, record.token_types.num_types, seed, progress, freeact, rounding)
+    planner.plan_groups(weights, record, 0, checkpoint)
+    return planner.plan(record.token_types.to_text())

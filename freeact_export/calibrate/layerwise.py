@@ -1,0 +1,208 @@
+"""Calibration one decoder layer at a time, for models that do not fit in memory.
+
+The calibration windows' hidden states are kept between layers ([windows, seq, hidden] float32:
+268 MB for 32 x 512 tokens of Llama-3-8B); each decoder layer is loaded, run over every window
+while its groups' statistics are recorded, planned by the caller, run again where the next layer
+should see the quantized outputs, and released. What a decoder layer is called with besides its
+hidden states (attention mask, rotary embeddings: functions of the positions only) is captured
+once per window by running the model with every layer replaced by a pass-through, so no
+architecture's layer signature is written down here.
+
+With floating-point propagation every group sees the inputs the whole-model pass gives it, in
+the same window order with the same sampling seeds, so the statistics (and the plan) are the
+whole-model path's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from freeact_export.calibrate.groups import LinearGroup, group_linears
+from freeact_export.calibrate.massive import MassiveTokens
+from freeact_export.calibrate.run import CalibrationRecord, checked_record
+from freeact_export.calibrate.stats import GroupRecorder, TypeContext, TypeStats
+from freeact_export.config import CalibSpec
+from freeact_export.module_surgery import block_linears, decoder_layers, swap_module
+from freeact_export.token_types import TokenTypes
+
+PROPAGATION = ("fp", "quantized")
+
+
+class _LayerDone(Exception):
+    """Raised by the last pass-through: the model's head is never run (nor loaded)."""
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for a decoder layer while the calls are captured: notes them, returns its input.
+    Other attributes read from the layer (Gemma 3's attention_type picks its mask) are the layer's."""
+
+    def __init__(self, layer: torch.nn.Module, last: bool, calls: list):
+        super().__init__()
+        self.__dict__["_layer"] = layer  # not a submodule: the pass-through owns no weights
+        self.last, self.calls = last, calls
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_layer"], name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls.append((hidden_states, args, kwargs))
+        if self.last:
+            raise _LayerDone
+        return hidden_states
+
+
+def _output(result) -> torch.Tensor:
+    return result[0] if isinstance(result, tuple) else result
+
+
+class LayerStream:
+    """The decoder stack of `model`, run one layer at a time over the calibration windows.
+
+    Args:
+        model: a Hugging Face decoder LM; only its embeddings (and whatever runs before the first
+            layer) need real weights when it is built, each layer from `load(index)` on.
+        load / release: make decoder layer `index`'s weights real / give them back (no-ops for a
+            model in memory).
+    """
+
+    def __init__(self, model: torch.nn.Module, windows: np.ndarray, token_types: TokenTypes, spec: CalibSpec,
+                 load: Callable[[int], None] = lambda index: None,
+                 release: Callable[[int], None] = lambda index: None, progress: bool = True):
+        self.model, self.windows, self.token_types, self.spec = model, windows, token_types, spec
+        self.load, self.release, self.progress = load, release, progress
+        self.layers = decoder_layers(model)
+        self.prefix = next(n for n, m in model.named_modules() if m is self.layers)
+        self.context = TypeContext(token_types.num_types)
+        self.types = [token_types.assign(torch.from_numpy(row[None, :])).reshape(-1).cpu() for row in windows]
+        self.massive = MassiveTokens()
+        self.peaks: list[list[torch.Tensor]] = [[] for _ in windows]  # per window, each group's per-token max |x|
+        self.groups_seen = 0
+        self.hidden, self.calls = self._capture()
+
+    def _capture(self) -> tuple[list[torch.Tensor], list[list[tuple]]]:
+        """Each window's first-layer input and, per layer and window, the call's other arguments."""
+        count = len(self.layers)
+        calls: list[list] = [[] for _ in range(count)]
+        originals = list(self.layers)
+        for i in range(count):
+            self.layers[i] = _PassThrough(originals[i], i == count - 1, calls[i])
+        device = self._device()
+        try:
+            with torch.inference_mode():
+                for row in self.windows:
+                    try:
+                        self.model(input_ids=torch.from_numpy(row[None, :]).to(device), use_cache=False)
+                    except _LayerDone:
+                        pass
+        finally:
+            for i, layer in enumerate(originals):
+                self.layers[i] = layer
+        hidden = [h.clone() for h, _, _ in calls[0]]
+        return hidden, [[(args, kwargs) for _, args, kwargs in per_layer] for per_layer in calls]
+
+    def _device(self) -> torch.device:
+        real = [p for p in self.model.parameters() if p.device.type != "meta"]
+        return real[0].device if real else torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def run(self, index: int, layer: torch.nn.Module | None = None,
+            after_window: Callable[[int], None] = lambda w: None) -> list[torch.Tensor]:
+        """Decoder layer `index` (or a stand-in for it) over every window's current hidden states."""
+        layer = self.layers[index] if layer is None else layer
+        outputs = []
+        with torch.inference_mode():
+            for w, hidden in enumerate(self.hidden):
+                self.context.types = self.types[w]
+                args, kwargs = self.calls[index][w]
+                outputs.append(_output(layer(hidden, *args, **kwargs)).clone())
+                after_window(w)
+        return outputs
+
+    def calibrate(self, index: int) -> tuple[CalibrationRecord, list[torch.Tensor]]:
+        """Load layer `index`; its groups' statistics (a record of this layer's groups) and its
+        floating-point outputs per window."""
+        self.load(index)
+        layer = self.layers[index]
+        prefix = f"{self.prefix}.{index}."
+        linears = {n: m for n, m in block_linears(self.model).items() if n.startswith(prefix)}
+        args, kwargs = self.calls[index][0]
+        groups: list[LinearGroup] = group_linears(self.model, linears, lambda: layer(self.hidden[0], *args, **kwargs))
+        keep = -(-self.spec.samples_per_type // len(self.windows))  # ceil, as the whole-model pass
+        recorders = {}
+        for group in groups:  # seeded by the group's index in the model, as the whole-model pass
+            first = self.model.get_submodule(group.linears[0])
+            recorders[group.name] = GroupRecorder(first, self.context, keep,
+                                                  seed=self.spec.seed * 100_003 + self.groups_seen)
+            self.groups_seen += 1
+            swap_module(self.model, group.linears[0], recorders[group.name])
+        try:
+            outputs = self.run(index, after_window=lambda w: self.peaks[w].extend(
+                rec.tap.last_token_absmax for rec in recorders.values()))
+        finally:
+            for group in groups:
+                swap_module(self.model, group.linears[0], recorders[group.name].linear)
+        stats: dict[str, list[TypeStats]] = {name: rec.tap.stats for name, rec in recorders.items()}
+        return CalibrationRecord(self.token_types, groups, stats, self.spec, self.massive), outputs
+
+    def advance(self, index: int, outputs: list[torch.Tensor]) -> None:
+        """Layer `index` is done: its outputs become the next layer's inputs, its weights are released."""
+        self.hidden = outputs
+        self.release(index)
+
+    def finish(self) -> MassiveTokens:
+        """The massive-activation counts over every group (as the whole-model pass counts them)."""
+        for row, peaks in zip(self.windows, self.peaks, strict=True):
+            self.massive.add_window(torch.from_numpy(row), peaks)
+        return self.massive
+
+
+def quantized_layer(layer: torch.nn.Module, prefix: str, plan_groups, act_spec, context: TypeContext
+                    ) -> torch.nn.Module:
+    """A copy of `layer` whose planned linears execute their groups' plans (fake quantization)."""
+    from freeact_export.quantize.quantizers import Quantized, dequantize
+    from freeact_export.simulate.fake_quant import ActivationPath, SimLinear
+
+    copied = copy.deepcopy(layer)
+    for group in plan_groups:
+        path = ActivationPath(group, act_spec, context)
+        for lin in group.linears:
+            weight = dequantize(Quantized(lin.codes, lin.scale, lin.zero), group.weight_spec)
+            swap_module(copied, lin.name.removeprefix(prefix), SimLinear(path, weight, lin.bias))
+    return copied
+
+
+def calibrate_layerwise(model: torch.nn.Module, windows: np.ndarray, token_types: TokenTypes, spec: CalibSpec,
+                        plan_layer: Callable[[int, CalibrationRecord], tuple[list, object]], propagate: str = "fp",
+                        load: Callable[[int], None] = lambda index: None,
+                        release: Callable[[int], None] = lambda index: None, progress: bool = True
+                        ) -> MassiveTokens:
+    """Calibrate and plan every decoder layer in turn (module docstring).
+
+    plan_layer(index, record) plans the layer's groups and returns their GroupPlans and the plan's
+    activation quantizer; with propagate="quantized" the next layer sees this layer run with them
+    (fake quantization).
+    """
+    if propagate not in PROPAGATION:
+        raise ValueError(f"propagate must be one of {PROPAGATION} (got {propagate})")
+    stream = LayerStream(model, windows, token_types, spec, load, release, progress)
+    for index in tqdm(range(len(stream)), desc="layers", unit="layer", disable=not progress):
+        record, outputs = stream.calibrate(index)
+        if index == 0:
+            checked_record(token_types, record.groups, record.stats, spec, stream.massive)
+        planned, act_spec = plan_layer(index, record)
+        if propagate == "quantized":
+            prefix = f"{stream.prefix}.{index}."
+            outputs = stream.run(index, quantized_layer(stream.layers[index], prefix, planned, act_spec,
+                                                        stream.context))
+        stream.advance(index, outputs)
+    return stream.finish()

@@ -1,0 +1,80 @@
+"""Layer-by-layer quantization against the whole-model path, on tiny models of the real classes."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from freeact_export.api.layerwise import plan_layer_by_layer
+from freeact_export.calibrate.run import calibrate
+from freeact_export.calibrate.stats import TypeContext
+from freeact_export.config import CalibSpec, FreeActSpec
+from freeact_export.plan import Plan
+from freeact_export.quantize.planner import build_plan, torch_weights
+from freeact_export.simulate.fake_quant import apply_plan
+from freeact_export.token_types import TokenTypes
+from tiny_models import tiny_config
+
+TYPES = TokenTypes.parse("sink=pos:1")
+SPEC = CalibSpec(windows=3, seqlen=40, samples_per_type=30, min_tokens=1)
+LEARNING = FreeActSpec(steps=3, batch_tokens=16)
+
+
+def _model(arch):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+
+
+def _windows():
+    return np.random.default_rng(0).integers(4, 384, size=(3, 40)).astype(np.int64)
+
+
+def _assert_same_groups(a, b):
+    assert [g.name for g in a] == [g.name for g in b]
+    for ga, gb in zip(a, b, strict=True):
+        assert ga.tensors.keys() == gb.tensors.keys()
+        assert all(torch.equal(ga.tensors[k], gb.tensors[k]) for k in ga.tensors), ga.name
+        for la, lb in zip(ga.linears, gb.linears, strict=True):
+            assert torch.equal(la.codes, lb.codes) and torch.equal(la.scale, lb.scale), la.name
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("method", ["quarot+gptq", "freeact-general"])
+def test_floating_point_propagation_gives_the_whole_model_plan(arch, method):
+    model, windows = _model(arch), _windows()
+    record = calibrate(model, windows, TYPES, SPEC, progress=False)
+    whole = build_plan(torch_weights(model), record, method, "w4a4", 0, False, LEARNING)
+    layered, massive, counts = plan_layer_by_layer(model, windows, TYPES, SPEC, method, "w4a4", freeact=LEARNING,
+                                                   progress=False)
+    _assert_same_groups(whole.groups, layered.groups)
+    assert counts == record.type_token_counts()
+    assert massive.positions == record.massive.positions and massive.token_ids == record.massive.token_ids
+    assert layered.info.get("learning") == whole.info.get("learning")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_quantized_propagation_calibrates_on_the_simulated_earlier_layers(arch):
+    """Reference: the first layer's plan executed inside the whole model (simulate's apply_plan), then the
+    whole-model calibration and plan of the second layer's groups (a method without seeded choices, so
+    the groups' indices do not matter)."""
+    model, windows = _model(arch), _windows()
+    method = "smoothquant+gptq"
+    layered, _, _ = plan_layer_by_layer(model, windows, TYPES, SPEC, method, "w4a4", propagate="quantized",
+                                        progress=False)
+    first = [g for g in layered.groups if ".layers.0." in g.name]
+    second = [g for g in layered.groups if ".layers.1." in g.name]
+    assert first and second and len(first) + len(second) == len(layered.groups)
+    context = TypeContext(TYPES.num_types)
+    simulated = apply_plan(model, Plan(method, "w4a4", layered.act_spec, layered.token_types, first, info={}),
+                           context)
+    # the simulated layer reads its window's token types where the deployed model computes them: from the ids
+    simulated.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: setattr(context, "types", TYPES.assign(args[0]).reshape(-1)))
+    record = calibrate(simulated, windows, TYPES, SPEC, progress=False)  # layer 0's linears are simulated now
+    reference = build_plan(torch_weights(simulated), record, method, "w4a4", 0, False)
+    _assert_same_groups(reference.groups, second)
+    whole = build_plan(torch_weights(model), calibrate(model, windows, TYPES, SPEC, progress=False), method,
+                       "w4a4", 0, False)
+    _assert_same_groups(whole.groups[:len(first)], first)  # the first layer sees the same inputs either way
+    with pytest.raises(AssertionError):
+        _assert_same_groups(whole.groups[len(first):], second)
