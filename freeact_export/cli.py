@@ -70,6 +70,10 @@ def _resumed(report: dict) -> str:
     return f" ({n} learned groups read from the checkpoint{took})" if n else ""
 
 
+LAYERWISE_HELP = ("run the PyTorch model one decoder layer at a time, reading each from disk (CPU): auto = for models "
+                  "above 1B parameters, whose float32 copy would not leave room for the rest (default: auto)")
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval", formatter_class=formatter, help="perplexity of a PyTorch or ONNX model",
@@ -104,6 +108,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--plan", metavar="DIR", help="execute this quantization plan (a folder from 'quantize -o')")
     p.add_argument("--runtime", default="torch", choices=["torch", "kernels"],
                    help="with --plan: torch = fake-quant simulation, kernels = the Triton kernels (default: torch)")
+    p.add_argument("--layerwise", default="auto", choices=["auto", "on", "off"], help=LAYERWISE_HELP)
     p.add_argument("--json", metavar="PATH", help="also write the full record (settings, per-window NLL) here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=_run_eval)
@@ -121,7 +126,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     if args.plan:
         require_folder(args.plan, "a plan folder written by 'freeact-export quantize ... -o DIR'")
     record = api.evaluate(args.model, args.corpus, spec, dtype=args.dtype, device=args.device,
-                          tokenizer=args.tokenizer, plan=args.plan, runtime=args.runtime)
+                          tokenizer=args.tokenizer, plan=args.plan, runtime=args.runtime, layerwise=args.layerwise)
     windows = f"{record['windows']} windows x {record['seqlen']} tokens"
     if record["windows"] < record["windows_requested"]:
         windows += f" (only {record['windows_available']} fit in the corpus)"
@@ -237,6 +242,10 @@ def _add_quantize(sub) -> None:
     p.add_argument("--seqlen", type=SEQLEN, default=1024, help="eval window length (default: 1024)")
     p.add_argument("--no-eval", action="store_true", help="write the plan without measuring perplexity")
     p.add_argument("--checkpoint", metavar="DIR", help=CHECKPOINT_HELP)
+    p.add_argument("--layerwise", default="auto", choices=["auto", "on", "off"], help=LAYERWISE_HELP)
+    p.add_argument("--propagate", default="fp", choices=["fp", "quantized"],
+                   help="layer by layer: each layer calibrates on the floating-point model's activations (fp: the "
+                        "same plan as --layerwise off) or on the quantized earlier layers' outputs (default: fp)")
     p.add_argument("-o", "--output", metavar="DIR", help="folder for plan.json, plan.safetensors, report.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_run_quantize)
@@ -252,10 +261,16 @@ def _run_quantize(args: argparse.Namespace) -> None:
     calib = api.calibration_settings(args.preset, args.calib_windows, args.calib_seqlen)
     report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
                           seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
-                          overwrite=args.overwrite, checkpoint=args.checkpoint, rounding=rounding(args))
+                          overwrite=args.overwrite, checkpoint=args.checkpoint, rounding=rounding(args),
+                          layerwise=args.layerwise, propagate=args.propagate)
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
-    print(f"{args.method} {args.bits}: {report['groups']} linear groups; calibration {report['calibration_s']:.0f} s "
-          f"(tokens per type: {counts}), planning {report['plan_s']:.0f} s{_resumed(report)}; "
+    if report.get("layer_by_layer"):
+        took = (f"layer by layer ({report['layer_by_layer']['propagate']} propagation), calibration and planning "
+                f"{report['quantize_s']:.0f} s (tokens per type: {counts})")
+    else:
+        took = (f"calibration {report['calibration_s']:.0f} s (tokens per type: {counts}), "
+                f"planning {report['plan_s']:.0f} s")
+    print(f"{args.method} {args.bits}: {report['groups']} linear groups; {took}{_resumed(report)}; "
           f"peak memory {report['peak_rss_gb']:.1f} GB")
     massive = report["massive_activations"]
     print(f"massive activations (> {massive['factor']:.0f}x the median token, peak {massive['peak_ratio']:.0f}x): "

@@ -229,6 +229,11 @@ class CalibSpec(_Versioned):
             raise ValueError("samples_per_type must be >= 0 and min_tokens >= 1")
 
 
+# Above this many parameters a PyTorch model is quantized and evaluated one decoder layer at a time
+# (--layerwise auto): its float32 copy (4 GB) would no longer leave room on a 24 GB machine for
+# the statistics and learning of the bigger models' layers. The GGUF conversion keeps float32 up to here too.
+LAYERWISE_ABOVE_PARAMS = 10**9
+
 # Calibration presets (docs/evaluation.md): the CPU one says what it trades away in its name.
 CALIB_PRESETS = {
     "cpu": CalibSpec(windows=32, seqlen=512, samples_per_type=8192),

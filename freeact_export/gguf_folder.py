@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from freeact_export.config import LAYERWISE_ABOVE_PARAMS
 from freeact_export.errors import UserError
 
-# Models whose float32 copy is at most this many bytes keep exact float32 weights (1B parameters).
-EXACT_STORAGE_BYTES = 4 * 10**9
+# Models whose float32 copy is at most this many bytes keep exact float32 weights: those quantized in memory.
+EXACT_STORAGE_BYTES = 4 * LAYERWISE_ABOVE_PARAMS
 SHARD_BYTES = 2 * 10**9
 INDEX_NAME = "model.safetensors.index.json"
 # transformers' GGUF processors that map one tensor to one tensor; the others (mixture-of-experts,

@@ -12,16 +12,19 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import torch
 
 from freeact_export import __version__
+from freeact_export.api.layerwise import PROPAGATION, plan_layer_by_layer
 from freeact_export.assets import Corpus, ModelSource, resolve_corpus, resolve_model
 from freeact_export.calibrate.run import CalibrationRecord, calibrate, corpus_calibration_windows, parse_type_rules
 from freeact_export.config import (
     BITS_PRESETS,
     CALIB_PRESETS,
     FREEACT_PRESETS,
+    LAYERWISE_ABOVE_PARAMS,
     CalibSpec,
     EvalSpec,
     ExportSpec,
@@ -32,19 +35,22 @@ from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, corpus_windows, perplexity
 from freeact_export.export.prefill import export_prefill
 from freeact_export.files import atomic_path, check_new_output, stamped
+from freeact_export.lazy_weights import LazyModel
 from freeact_export.manifest import describe_torch_model
-from freeact_export.models import bos_context_id, hf_folder, load_tokenizer, load_torch_model
+from freeact_export.models import DTYPES, bos_context_id, hf_folder, load_tokenizer, load_torch_model
 from freeact_export.parity.logits import compare_logits, sample_batches
 from freeact_export.plan import Plan
 from freeact_export.preflight import require_checkpoint_folder, require_context, require_room, writing
 from freeact_export.quantize.planner import DEFAULT_METHOD, METHODS, build_plan, check_rounding, torch_weights
+from freeact_export.runtime.layerwise_lm import LayerwiseLogits
 from freeact_export.runtime.ort_lm import OrtLogits
 from freeact_export.runtime.torch_lm import TorchLogits
 from freeact_export.simulate.fake_quant import SimulatedLogits
 from freeact_export.simulate.fit import require_fit, skeleton
-from freeact_export.token_types import DEFAULT_TYPES
+from freeact_export.token_types import DEFAULT_TYPES, TokenTypes
 
 DEVICES = ("auto", "cpu", "cuda")
+LAYERWISE = ("auto", "on", "off")
 
 
 def resolve_device(device: str, source: ModelSource) -> str:
@@ -76,7 +82,7 @@ def write_json(record: dict, path: Path, overwrite: bool = False) -> None:
 
 def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dtype: str = "float32",
              device: str = "auto", tokenizer: str | None = None, progress: bool = True,
-             plan: str | Path | None = None, runtime: str = "torch") -> dict:
+             plan: str | Path | None = None, runtime: str = "torch", layerwise: str = "auto") -> dict:
     """Perplexity of a PyTorch or ONNX model on a corpus's eval split, per docs/evaluation.md.
 
     Args:
@@ -91,6 +97,8 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
         plan: a plan folder from `quantize -o` executed on the PyTorch model.
         runtime: with a plan, "torch" (fake-quant simulation) or "kernels" (the Triton kernels of
             both ops: JIT on a CUDA GPU, or Triton's interpreter on the CPU under TRITON_INTERPRET=1).
+        layerwise: "auto" (above LAYERWISE_ABOVE_PARAMS parameters), "on" or "off": a PyTorch model
+            runs one decoder layer at a time over all windows (runtime torch, CPU; the same figure).
     """
     if runtime not in RUNTIMES:
         raise UserError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
@@ -122,6 +130,13 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
     windows = corpus_windows(tok, text, spec)  # before the slow model load
     if source.kind == "onnx":
         runner = OrtLogits(source.path, device)
+    elif runtime == "torch" and layer_by_layer(source, layerwise):
+        if device != "cpu":
+            raise UserError("evaluating layer by layer runs on the CPU; pass --device cpu (or --layerwise off)")
+        bare = skeleton(source)
+        if loaded is not None and bare is not None:
+            require_fit(bare, loaded, f"the plan in {plan}", model)
+        runner = LayerwiseLogits(LazyModel(hf_folder(source), DTYPES[dtype]), windows.input_ids, loaded, progress)
     elif loaded is None:
         runner = TorchLogits(load_torch_model(source, dtype, device))
     else:
@@ -275,25 +290,23 @@ def _check_choice(kind: str, value: str, choices) -> None:
         raise UserError(f"unknown {kind} '{value}'; choose one of {', '.join(choices)}")
 
 
-def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES, preset: str = "cpu", *,
-                    device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
-                    progress: bool = True, plan_output: Path | None = None,
-                    rounding: tuple[str, WeightOptions] | None = None) -> Calibrated:
-    """Load a PyTorch model and collect its per-type calibration statistics (docs/evaluation.md sampling).
+@dataclasses.dataclass
+class CalibrationInputs:
+    """What calibrating a PyTorch model starts from, checked before any weight is loaded."""
 
-    Args:
-        model: registry name, Hugging Face folder or .gguf (ONNX models take the ONNX-in path).
-        corpus: calibration comes from its calibration split, evaluation from its eval split.
-        types: token-type rules (freeact_export.token_types), "single" for one type.
-        preset: "cpu" (32 x 512 calibration tokens) or "gpu" (128 x 1024).
-        eval_spec: eval windows prepared for plan_model's perplexity (None: no evaluation).
-        calib: calibration data settings overriding the preset's (the preset still picks the
-            learning settings of FreeAct / FlatQuant).
-        plan_output: where the plan will be written: its folder's free space is checked against
-            the plan's size once the model is loaded, before calibrating.
-        rounding: (bits, weight options) the plan will use, checked against every linear layer's
-            input once the model is loaded, before calibrating.
-    """
+    source: ModelSource
+    corpus: Corpus
+    device: str
+    tokenizer: object
+    token_types: TokenTypes
+    calib: CalibSpec
+    calib_windows: np.ndarray
+    eval_windows: Windows | None
+
+
+def calibration_inputs(model: str, corpus: str, types: str, preset: str, device: str, eval_spec: EvalSpec | None,
+                       calib: CalibSpec | None) -> CalibrationInputs:
+    """The model source, corpus windows and type rules of a calibration (see calibrate_model)."""
     source = resolve_model(model)
     if source.kind == "onnx":
         raise UserError(f"{model} is ONNX; quantize it with 'freeact-export {model} ...' (the ONNX-in path)")
@@ -313,6 +326,42 @@ def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES
         require_context(folder, eval_spec.seqlen, bos_context_id(tok) is not None, "eval windows", "--seqlen")
     calib_windows = corpus_calibration_windows(tok, text, calib_spec, folder)
     windows = None if eval_spec is None else corpus_windows(tok, text, eval_spec)
+    return CalibrationInputs(source, text, device, tok, token_types, calib_spec, calib_windows, windows)
+
+
+def layer_by_layer(source: ModelSource, layerwise: str) -> bool:
+    """Whether a PyTorch model runs one decoder layer at a time: "on", "off", or "auto" (above
+    LAYERWISE_ABOVE_PARAMS parameters, counted on the weightless skeleton)."""
+    _check_choice("--layerwise setting", layerwise, LAYERWISE)
+    if layerwise != "auto":
+        return layerwise == "on"
+    bare = skeleton(source)
+    return bare is not None and sum(p.numel() for p in bare.parameters()) > LAYERWISE_ABOVE_PARAMS
+
+
+def calibrate_model(model: str, corpus: str = "wiki", types: str = DEFAULT_TYPES, preset: str = "cpu", *,
+                    device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
+                    progress: bool = True, plan_output: Path | None = None,
+                    rounding: tuple[str, WeightOptions] | None = None) -> Calibrated:
+    """Load a PyTorch model and collect its per-type calibration statistics (docs/evaluation.md sampling).
+
+    Args:
+        model: registry name, Hugging Face folder or .gguf (ONNX models take the ONNX-in path).
+        corpus: calibration comes from its calibration split, evaluation from its eval split.
+        types: token-type rules (freeact_export.token_types), "single" for one type.
+        preset: "cpu" (32 x 512 calibration tokens) or "gpu" (128 x 1024).
+        eval_spec: eval windows prepared for plan_model's perplexity (None: no evaluation).
+        calib: calibration data settings overriding the preset's (the preset still picks the
+            learning settings of FreeAct / FlatQuant).
+        plan_output: where the plan will be written: its folder's free space is checked against
+            the plan's size once the model is loaded, before calibrating.
+        rounding: (bits, weight options) the plan will use, checked against every linear layer's
+            input once the model is loaded, before calibrating.
+    """
+    inputs = calibration_inputs(model, corpus, types, preset, device, eval_spec, calib)
+    source, text, device, tok = inputs.source, inputs.corpus, inputs.device, inputs.tokenizer
+    token_types, calib_spec, calib_windows, windows = (inputs.token_types, inputs.calib, inputs.calib_windows,
+                                                       inputs.eval_windows)
     torch_model = load_torch_model(source, "float32", device)
     if plan_output is not None:  # INT4 codes are stored a byte each; transforms and scales add little
         linear = sum(m.weight.numel() for m in torch_model.modules() if isinstance(m, torch.nn.Linear))
@@ -343,23 +392,66 @@ def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4"
     plan = build_plan(torch_weights(cal.torch_model), cal.record, method, bits, seed, progress, freeact,
                       checkpoint, rounding)
     plan_s = round(time.perf_counter() - start, 1)
-    calib_spec = cal.record.spec.to_dict()
-    plan.info.update({"model": cal.model, "corpus": cal.corpus.name, "preset": cal.preset, "calibration": calib_spec,
-                      "type_token_counts": cal.type_token_counts()})
-    plan.model = describe_torch_model(cal.torch_model)  # recorded in the folder's manifest
-    report = {"kind": "quantize", "model": cal.model, "model_path": str(cal.source.path), "method": method,
-              "bits": bits, "weights": rounding.to_dict(), "types": cal.record.token_types.to_text(),
-              "preset": cal.preset, "seed": seed,
-              "device": cal.device, "calibration_s": cal.calibration_s, "plan_s": plan_s,
-              "quantize_s": round(cal.calibration_s + plan_s, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
-              "calibration": calib_spec, "type_token_counts": cal.type_token_counts(), "groups": len(plan.groups),
-              "massive_activations": cal.massive,
-              "learning_spec": plan.info.get("freeact"), "learning": plan.info.get("learning"),
-              "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0),
-              "checkpoint_learn_s": plan.info.get("checkpoint_learn_s")}
+    report = _describe(plan, cal.model, cal.source, cal.corpus, cal.preset, cal.device, cal.record.spec,
+                       cal.type_token_counts(), cal.massive, cal.torch_model)
+    report.update(calibration_s=cal.calibration_s, plan_s=plan_s, quantize_s=round(cal.calibration_s + plan_s, 1),
+                  peak_rss_gb=round(_peak_rss_gb(), 2))
     if cal.eval_windows is not None:
         runner = SimulatedLogits(cal.torch_model, plan)
         report["eval"] = _perplexity_record(runner, cal.eval_windows, cal.corpus, cal.eval_spec, progress)
+    return plan, report
+
+
+def _describe(plan: Plan, model: str, source: ModelSource, corpus: Corpus, preset: str, device: str,
+              calib: CalibSpec, counts: dict[str, int], massive: dict, torch_model: torch.nn.Module) -> dict:
+    """Record in the plan what it was made from, and the quantize report's settings (times added by the caller)."""
+    plan.info.update({"model": model, "corpus": corpus.name, "preset": preset, "calibration": calib.to_dict(),
+                      "type_token_counts": counts})
+    plan.model = describe_torch_model(torch_model)  # recorded in the folder's manifest
+    return {"kind": "quantize", "model": model, "model_path": str(source.path), "method": plan.method,
+            "bits": plan.bits, "weights": plan.info["weights"], "types": plan.token_types, "preset": preset,
+            "seed": plan.info["seed"], "device": device, "calibration": calib.to_dict(), "type_token_counts": counts,
+            "groups": len(plan.groups), "massive_activations": massive,
+            "learning_spec": plan.info.get("freeact"), "learning": plan.info.get("learning"),
+            "groups_from_checkpoint": plan.info.get("groups_from_checkpoint", 0),
+            "checkpoint_learn_s": plan.info.get("checkpoint_learn_s")}
+
+
+def quantize_layer_by_layer(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bits: str = "w4a4",
+                            types: str = DEFAULT_TYPES, preset: str = "cpu", *, seed: int = 0,
+                            eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
+                            freeact: FreeActSpec | None = None, progress: bool = True,
+                            checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions(),
+                            propagate: str = "fp", plan_output: Path | None = None) -> tuple[Plan, dict]:
+    """quantize's plan and report for a model read one decoder layer at a time (CPU; memory: the
+    embeddings and head, one layer, the windows' hidden states and one layer's statistics).
+
+    propagate: "fp" (each layer calibrates on the floating-point model's activations; the plan equals
+    calibrate_model + plan_model's) or "quantized" (on the quantized earlier layers' outputs).
+    """
+    _check_choice("propagation", propagate, PROPAGATION)
+    inputs = calibration_inputs(model, corpus, types, preset, "cpu", eval_spec, calib)
+    start = time.perf_counter()
+    lazy = LazyModel(hf_folder(inputs.source))
+    names = {f"{lazy.layer_prefix}.{n}": m for n, m in lazy.layers.named_modules() if isinstance(m, torch.nn.Linear)}
+    if plan_output is not None:
+        require_room(plan_output, sum(m.weight.numel() for m in names.values()), "the plan (a byte per linear weight)")
+    check_rounding(bits, rounding, ((name, m.in_features) for name, m in names.items()))
+    freeact = FREEACT_PRESETS[preset] if freeact is None else freeact
+    plan, massive, counts = plan_layer_by_layer(
+        lazy.model, inputs.calib_windows, inputs.token_types, inputs.calib, method, bits, seed=seed, freeact=freeact,
+        rounding=rounding, checkpoint=checkpoint, propagate=propagate, load=lazy.load, release=lazy.release,
+        progress=progress)
+    quantize_s = round(time.perf_counter() - start, 1)
+    report = _describe(plan, model, inputs.source, inputs.corpus, preset, "cpu", inputs.calib, counts,
+                       massive.summary(inputs.tokenizer), lazy.model)
+    report.update(layer_by_layer={"propagate": propagate}, calibration_s=None, plan_s=None, quantize_s=quantize_s,
+                  peak_rss_gb=round(_peak_rss_gb(), 2))
+    plan.info["layer_by_layer"] = {"propagate": propagate}
+    if inputs.eval_windows is not None:
+        runner = LayerwiseLogits(LazyModel(hf_folder(inputs.source)), inputs.eval_windows.input_ids, plan, progress)
+        report["eval"] = _perplexity_record(runner, inputs.eval_windows, inputs.corpus, eval_spec, progress)
+    report["peak_rss_gb"] = round(_peak_rss_gb(), 2)
     return plan, report
 
 
@@ -367,11 +459,14 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
              types: str = DEFAULT_TYPES, preset: str = "cpu", output: str | Path | None = None, *, seed: int = 0,
              device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
              freeact: FreeActSpec | None = None, overwrite: bool = False, progress: bool = True,
-             checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions()) -> dict:
+             checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions(),
+             layerwise: str = "auto", propagate: str = "fp") -> dict:
     """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
 
     See calibrate_model and plan_model for the arguments; `seed` drives the method's random
     choices only (calibration windows always use seed 0, so every method sees the same data).
+    layerwise: "auto" (one decoder layer at a time above LAYERWISE_ABOVE_PARAMS parameters), "on" or
+    "off"; propagate: what the next layer calibrates on then (see quantize_layer_by_layer).
     """
     _check_choice("method", method, METHODS)
     _check_choice("bits", bits, BITS_PRESETS)
@@ -381,9 +476,18 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
         check_new_output(out, overwrite)
     if checkpoint is not None:
         require_checkpoint_folder(checkpoint)
-    cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
-                          progress=progress, plan_output=out, rounding=(bits, rounding))
-    plan, report = plan_model(cal, method, bits, seed, progress, freeact, checkpoint, rounding)
+    _check_choice("propagation", propagate, PROPAGATION)
+    if layer_by_layer(resolve_model(model), layerwise):
+        if resolve_device(device, resolve_model(model)) != "cpu":
+            raise UserError("quantizing layer by layer runs on the CPU; pass --device cpu (or --layerwise off)")
+        plan, report = quantize_layer_by_layer(model, corpus, method, bits, types, preset, seed=seed,
+                                               eval_spec=eval_spec, calib=calib, freeact=freeact, progress=progress,
+                                               checkpoint=checkpoint, rounding=rounding, propagate=propagate,
+                                               plan_output=out)
+    else:
+        cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
+                              progress=progress, plan_output=out, rounding=(bits, rounding))
+        plan, report = plan_model(cal, method, bits, seed, progress, freeact, checkpoint, rounding)
     if out is not None:
         with writing(out), atomic_path(out, overwrite) as tmp:
             tmp.mkdir()

@@ -1,9 +1,9 @@
-"""Calibration one decoder layer at a time, for models that do not fit in memory.
+"""Running a decoder stack one layer at a time, for models that do not fit in memory.
 
-The calibration windows' hidden states are kept between layers ([windows, seq, hidden] float32:
-268 MB for 32 x 512 tokens of Llama-3-8B); each decoder layer is loaded, run over every window
-while its groups' statistics are recorded, planned by the caller, run again where the next layer
-should see the quantized outputs, and released. What a decoder layer is called with besides its
+The windows' hidden states are kept between layers ([windows, seq, hidden] float32: 268 MB for
+32 x 512 tokens of Llama-3-8B); each decoder layer is loaded, run over every window (recording
+its groups' statistics when calibrating), and released; api/layerwise.py plans each layer in
+between, and runtime/layerwise_lm.py evaluates this way. What a decoder layer is called with besides its
 hidden states (attention mask, rotary embeddings: functions of the positions only) is captured
 once per window by running the model with every layer replaced by a pass-through, so no
 architecture's layer signature is written down here.
@@ -15,22 +15,18 @@ whole-model path's.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from freeact_export.calibrate.groups import LinearGroup, group_linears
 from freeact_export.calibrate.massive import MassiveTokens
-from freeact_export.calibrate.run import CalibrationRecord, checked_record
+from freeact_export.calibrate.run import CalibrationRecord
 from freeact_export.calibrate.stats import GroupRecorder, TypeContext, TypeStats
 from freeact_export.config import CalibSpec
 from freeact_export.module_surgery import block_linears, decoder_layers, swap_module
 from freeact_export.token_types import TokenTypes
-
-PROPAGATION = ("fp", "quantized")
 
 
 class _LayerDone(Exception):
@@ -38,13 +34,13 @@ class _LayerDone(Exception):
 
 
 class _PassThrough(torch.nn.Module):
-    """Stands in for a decoder layer while the calls are captured: notes them, returns its input.
+    """Stands in for a decoder layer: notes its calls and returns its input (or `output`, when given).
     Other attributes read from the layer (Gemma 3's attention_type picks its mask) are the layer's."""
 
-    def __init__(self, layer: torch.nn.Module, last: bool, calls: list):
+    def __init__(self, layer: torch.nn.Module, last: bool, calls: list, output: torch.Tensor | None = None):
         super().__init__()
         self.__dict__["_layer"] = layer  # not a submodule: the pass-through owns no weights
-        self.last, self.calls = last, calls
+        self.last, self.calls, self.output = last, calls, output
 
     def __getattr__(self, name: str):
         try:
@@ -56,7 +52,7 @@ class _PassThrough(torch.nn.Module):
         self.calls.append((hidden_states, args, kwargs))
         if self.last:
             raise _LayerDone
-        return hidden_states
+        return hidden_states if self.output is None else self.output
 
 
 def _output(result) -> torch.Tensor:
@@ -69,15 +65,16 @@ class LayerStream:
     Args:
         model: a Hugging Face decoder LM; only its embeddings (and whatever runs before the first
             layer) need real weights when it is built, each layer from `load(index)` on.
+        spec: the calibration settings (for calibrate() only).
         load / release: make decoder layer `index`'s weights real / give them back (no-ops for a
             model in memory).
     """
 
-    def __init__(self, model: torch.nn.Module, windows: np.ndarray, token_types: TokenTypes, spec: CalibSpec,
-                 load: Callable[[int], None] = lambda index: None,
-                 release: Callable[[int], None] = lambda index: None, progress: bool = True):
+    def __init__(self, model: torch.nn.Module, windows: np.ndarray, token_types: TokenTypes,
+                 spec: CalibSpec | None = None, load: Callable[[int], None] = lambda index: None,
+                 release: Callable[[int], None] = lambda index: None):
         self.model, self.windows, self.token_types, self.spec = model, windows, token_types, spec
-        self.load, self.release, self.progress = load, release, progress
+        self.load, self.release = load, release
         self.layers = decoder_layers(model)
         self.prefix = next(n for n, m in model.named_modules() if m is self.layers)
         self.context = TypeContext(token_types.num_types)
@@ -159,50 +156,24 @@ class LayerStream:
         self.hidden = outputs
         self.release(index)
 
+    def head(self, window: int) -> torch.Tensor:
+        """Once every layer has run: the model's output (logits) for `window` from its final hidden
+        states: the model runs with its first layer returning them and the others passing them on, so
+        whatever follows the layers (final norm, head, logit soft-capping) is the model's own code."""
+        originals = list(self.layers)
+        count = len(self.layers)
+        for i in range(count):
+            self.layers[i] = _PassThrough(originals[i], False, [], self.hidden[window] if i == 0 else None)
+        try:
+            with torch.inference_mode():
+                ids = torch.from_numpy(self.windows[window][None, :]).to(self._device())
+                return self.model(input_ids=ids, use_cache=False).logits
+        finally:
+            for i, layer in enumerate(originals):
+                self.layers[i] = layer
+
     def finish(self) -> MassiveTokens:
         """The massive-activation counts over every group (as the whole-model pass counts them)."""
         for row, peaks in zip(self.windows, self.peaks, strict=True):
             self.massive.add_window(torch.from_numpy(row), peaks)
         return self.massive
-
-
-def quantized_layer(layer: torch.nn.Module, prefix: str, plan_groups, act_spec, context: TypeContext
-                    ) -> torch.nn.Module:
-    """A copy of `layer` whose planned linears execute their groups' plans (fake quantization)."""
-    from freeact_export.quantize.quantizers import Quantized, dequantize
-    from freeact_export.simulate.fake_quant import ActivationPath, SimLinear
-
-    copied = copy.deepcopy(layer)
-    for group in plan_groups:
-        path = ActivationPath(group, act_spec, context)
-        for lin in group.linears:
-            weight = dequantize(Quantized(lin.codes, lin.scale, lin.zero), group.weight_spec)
-            swap_module(copied, lin.name.removeprefix(prefix), SimLinear(path, weight, lin.bias))
-    return copied
-
-
-def calibrate_layerwise(model: torch.nn.Module, windows: np.ndarray, token_types: TokenTypes, spec: CalibSpec,
-                        plan_layer: Callable[[int, CalibrationRecord], tuple[list, object]], propagate: str = "fp",
-                        load: Callable[[int], None] = lambda index: None,
-                        release: Callable[[int], None] = lambda index: None, progress: bool = True
-                        ) -> MassiveTokens:
-    """Calibrate and plan every decoder layer in turn (module docstring).
-
-    plan_layer(index, record) plans the layer's groups and returns their GroupPlans and the plan's
-    activation quantizer; with propagate="quantized" the next layer sees this layer run with them
-    (fake quantization).
-    """
-    if propagate not in PROPAGATION:
-        raise ValueError(f"propagate must be one of {PROPAGATION} (got {propagate})")
-    stream = LayerStream(model, windows, token_types, spec, load, release, progress)
-    for index in tqdm(range(len(stream)), desc="layers", unit="layer", disable=not progress):
-        record, outputs = stream.calibrate(index)
-        if index == 0:
-            checked_record(token_types, record.groups, record.stats, spec, stream.massive)
-        planned, act_spec = plan_layer(index, record)
-        if propagate == "quantized":
-            prefix = f"{stream.prefix}.{index}."
-            outputs = stream.run(index, quantized_layer(stream.layers[index], prefix, planned, act_spec,
-                                                        stream.context))
-        stream.advance(index, outputs)
-    return stream.finish()

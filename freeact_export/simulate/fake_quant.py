@@ -105,15 +105,22 @@ def apply_plan(model: torch.nn.Module, plan: Plan, context: TypeContext) -> torc
     UserError, before anything is copied, when the plan was made for another model (simulate/fit.py).
     """
     require_fit(model, plan)
-    model = copy.deepcopy(model)
-    device = next(model.parameters()).device
-    for group in plan.groups:
-        path = ActivationPath(group, plan.act_spec, context)
+    return with_groups(model, "", plan.groups, plan.act_spec, context)
+
+
+def with_groups(module: torch.nn.Module, prefix: str, groups: list[GroupPlan], act_spec: QuantSpec | None,
+                 context: TypeContext) -> torch.nn.Module:
+    """A copy of `module` (qualified name `prefix`, with its dot: one decoder layer when quantizing layer by
+    layer, "" for the model) whose linears in `groups` execute them."""
+    module = copy.deepcopy(module)
+    device = next(module.parameters()).device
+    for group in groups:
+        path = ActivationPath(group, act_spec, context)
         for lin in group.linears:
-            weight = dequantize(Quantized(lin.codes, lin.scale, lin.zero), group.weight_spec)
-            swap_module(model, lin.name, SimLinear(path, weight.to(device), None if lin.bias is None
-                                                   else lin.bias.to(device)))
-    return model
+            weight = dequantize(Quantized(lin.codes, lin.scale, lin.zero), group.weight_spec).to(device)
+            bias = None if lin.bias is None else lin.bias.to(device)
+            swap_module(module, lin.name.removeprefix(prefix), SimLinear(path, weight, bias))
+    return module
 
 
 class SimulatedLogits(TypedLogits):

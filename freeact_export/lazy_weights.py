@@ -1,0 +1,118 @@
+"""A Hugging Face causal LM whose decoder layers stay in their safetensors shards until asked for.
+
+The model is built with empty (meta) parameters; everything outside the decoder layers
+(embeddings, final norm, head: 2.1 + 2.1 GB in float32 for Llama-3-8B) is read at once, and each
+decoder layer is read, one tensor at a time from the memory-mapped shards, when `load(index)` is
+called and dropped again by `release(index)`. Peak memory is then the outside part, one layer and
+whatever the caller keeps, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from freeact_export.errors import UserError
+from freeact_export.module_surgery import decoder_layers
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+class SafetensorsFolder:
+    """The tensors of a Hugging Face folder (one model.safetensors, or shards with an index), by name."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        if (folder / INDEX).is_file():
+            try:
+                self.where = dict(json.loads((folder / INDEX).read_text())["weight_map"])
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{folder / INDEX} is not a safetensors index (no weight_map); "
+                                "the folder is damaged: write it again") from None
+        elif (folder / SINGLE).is_file():
+            self.where = {name: SINGLE for name in self._open(SINGLE).keys()}  # noqa: SIM118 (no iterator)
+        else:
+            raise UserError(f"{folder} holds no safetensors weights ({SINGLE} or {INDEX}); "
+                            "give a Hugging Face folder saved with safetensors")
+        self._handles: dict[str, object] = {}
+
+    def _open(self, file: str):
+        from safetensors import safe_open
+
+        try:
+            return safe_open(str(self.folder / file), framework="pt")
+        except Exception as err:  # a truncated or overwritten shard: refuse it, naming the file
+            raise UserError(f"cannot read weights file {self.folder / file} ({type(err).__name__}); "
+                            "the folder is damaged: write it again") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def get(self, name: str) -> torch.Tensor:
+        file = self.where[name]
+        if file not in self._handles:
+            self._handles[file] = self._open(file)
+        try:
+            return self._handles[file].get_tensor(name)
+        except Exception as err:
+            raise UserError(f"cannot read tensor {name} from {self.folder / file} ({type(err).__name__}); "
+                            "the folder is damaged: write it again") from None
+
+
+class LazyModel:
+    """`model` with real weights outside its decoder layers, each layer's read on `load`.
+
+    Args:
+        folder: a Hugging Face folder with safetensors weights.
+        dtype: the compute dtype the weights are cast to (the shards keep their own).
+    """
+
+    def __init__(self, folder: Path, dtype: torch.dtype = torch.float32):
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.tensors = SafetensorsFolder(folder)
+        self.dtype = dtype
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        with init_empty_weights(include_buffers=False):  # buffers (rotary tables) are computed, so real
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        self.layers = decoder_layers(self.model)
+        self.layer_prefix = next(n for n, m in self.model.named_modules() if m is self.layers)
+        inside = {f"{self.layer_prefix}.{n}" for n, _ in self.layers.named_parameters()}
+        self._fill([n for n, _ in self.model.named_parameters() if n not in inside])
+        if getattr(config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+
+    def _fill(self, names: list[str]) -> None:
+        for name in names:
+            module_name, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            old = getattr(module, attr)
+            if name not in self.tensors:
+                if old.device.type == "meta" and not self._tied(name):
+                    raise UserError(f"{self.tensors.folder} lacks the model's tensor {name}; the folder is incomplete")
+                continue
+            value = self.tensors.get(name)
+            if tuple(value.shape) != tuple(old.shape):
+                raise UserError(f"tensor {name} in {self.tensors.folder} has shape {tuple(value.shape)}, the model's "
+                                f"config wants {tuple(old.shape)}; the folder is damaged or mixed")
+            module._parameters[attr] = torch.nn.Parameter(value.to(self.dtype), requires_grad=False)
+
+    def _tied(self, name: str) -> bool:
+        config = self.model.config
+        return getattr(config, "tie_word_embeddings", False) and name.endswith("lm_head.weight")
+
+    def load(self, index: int) -> None:
+        """Read decoder layer `index`'s weights."""
+        self._fill([f"{self.layer_prefix}.{index}.{n}" for n, _ in self.layers[index].named_parameters()])
+
+    def release(self, index: int) -> None:
+        """Give decoder layer `index`'s weights back (empty again)."""
+        for module in self.layers[index].modules():
+            for attr, param in list(module._parameters.items()):
+                if param is not None:
+                    module._parameters[attr] = torch.nn.Parameter(torch.empty_like(param, device="meta"),
+                                                                  requires_grad=False)
