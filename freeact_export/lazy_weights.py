@@ -1,10 +1,10 @@
 """A Hugging Face causal LM whose decoder layers stay in their safetensors shards until asked for.
 
-The model is built with empty (meta) parameters; everything outside the decoder layers
-(embeddings, final norm, head: 2.1 + 2.1 GB in float32 for Llama-3-8B) is read at once, and each
-decoder layer is read, one tensor at a time from the memory-mapped shards, when `load(index)` is
-called and dropped again by `release(index)`. Peak memory is then the outside part, one layer and
-whatever the caller keeps, not the model.
+The model is built with empty (meta) parameters; what runs before the decoder layers (the
+embeddings: 2.1 GB in float32 for Llama-3-8B) and the final norm are read at once, the output head
+(another 2.1 GB unless tied to the embeddings) by `load_head()` when logits are wanted, and each
+decoder layer, one tensor at a time from the memory-mapped shards, by `load(index)`, dropped again
+by `release(index)`. Peak memory is then those parts, one layer and whatever the caller keeps.
 """
 
 from __future__ import annotations
@@ -82,17 +82,26 @@ class LazyModel:
         self.layers = decoder_layers(self.model)
         self.layer_prefix = next(n for n, m in self.model.named_modules() if m is self.layers)
         inside = {f"{self.layer_prefix}.{n}" for n, _ in self.layers.named_parameters()}
-        self._fill([n for n, _ in self.model.named_parameters() if n not in inside])
+        head = self.model.get_output_embeddings()
+        head_prefix = next(n for n, m in self.model.named_modules() if m is head) + "."
+        self.head_names = [n for n, _ in self.model.named_parameters() if n.startswith(head_prefix)]
+        self._fill([n for n, _ in self.model.named_parameters() if n not in inside and n not in self.head_names])
         if getattr(config, "tie_word_embeddings", False):
-            self.model.tie_weights()
+            self.model.tie_weights()  # the head is the embeddings: nothing more to read
+
+    def load_head(self) -> None:
+        """Read the output head (a no-op once read, or when it is tied to the embeddings)."""
+        self._fill(self.head_names)
 
     def _fill(self, names: list[str]) -> None:
         for name in names:
             module_name, _, attr = name.rpartition(".")
             module = self.model.get_submodule(module_name)
             old = getattr(module, attr)
+            if old.device.type != "meta":
+                continue  # read already (or tied to a tensor that was)
             if name not in self.tensors:
-                if old.device.type == "meta" and not self._tied(name):
+                if not self._tied(name):
                     raise UserError(f"{self.tensors.folder} lacks the model's tensor {name}; the folder is incomplete")
                 continue
             value = self.tensors.get(name)

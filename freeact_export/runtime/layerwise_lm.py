@@ -44,6 +44,7 @@ class LayerwiseLogits:
                 groups = [g for g in self.plan.groups if g.name.startswith(prefix)]
                 layer = with_groups(stream.layers[index], prefix, groups, self.plan.act_spec, stream.context)
             stream.advance(index, stream.run(index, layer))
+        self.lazy.load_head()
         self.done = True
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> torch.Tensor:

@@ -98,6 +98,9 @@ def test_lazy_model_reads_each_layer_on_demand_and_computes_the_same_logits(tiny
     lazy = LazyModel(folders[arch])
     in_layers = [p for n, p in lazy.model.named_parameters() if ".layers." in n]
     assert in_layers and all(p.device.type == "meta" for p in in_layers)
+    tied = lazy.model.config.tie_word_embeddings
+    assert (lazy.model.lm_head.weight.device.type == "meta") != tied  # an untied head is read for logits only
+    lazy.load_head()
     assert all(p.device.type != "meta" for n, p in lazy.model.named_parameters() if ".layers." not in n)
     for index in range(len(lazy.layers)):
         lazy.load(index)
@@ -156,3 +159,16 @@ def test_a_damaged_or_incomplete_folder_is_refused_in_one_line(tiny_folders, tmp
     lazy.load(0)
     with pytest.raises(UserError, match="lacks the model's tensor model.layers.1.mlp.down_proj.weight"):
         lazy.load(1)
+
+
+def test_a_stopped_layer_by_layer_run_resumes_from_its_checkpoint(tmp_path):
+    model, windows = _model("llama"), _windows()
+    first, _, _ = plan_layer_by_layer(model, windows, TYPES, SPEC, "freeact-general", "w4a4", freeact=LEARNING,
+                                      checkpoint=tmp_path / "ck", progress=False)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["layer-0000", "layer-0001"]
+    assert first.info["groups_from_checkpoint"] == 0
+    (tmp_path / "ck" / "layer-0001" / "group-0007.safetensors").unlink()  # the run stopped before the last group
+    again, _, _ = plan_layer_by_layer(model, windows, TYPES, SPEC, "freeact-general", "w4a4", freeact=LEARNING,
+                                      checkpoint=tmp_path / "ck", progress=False)
+    assert again.info["groups_from_checkpoint"] == len(first.groups) - 1
+    _assert_same_groups(first.groups, again.groups)
