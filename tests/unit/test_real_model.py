@@ -110,3 +110,35 @@ def test_w4a4_collapses_without_a_transform_and_rotation_recovers(calibrated_sin
            for m in ("rtn", "quarot")}
     assert ppl["rtn"] > 100 * fp["perplexity"]
     assert ppl["quarot"] < ppl["rtn"] / 10
+
+
+def test_layer_by_layer_gives_the_whole_model_plan_and_perplexity():
+    """smollm2-135m read one decoder layer at a time from its shards (LazyModel) against the model in memory."""
+    from freeact_export.api.layerwise import plan_layer_by_layer
+    from freeact_export.api.torch_in import calibration_inputs
+    from freeact_export.calibrate.run import calibrate
+    from freeact_export.config import CalibSpec
+    from freeact_export.evaluate.perplexity import perplexity
+    from freeact_export.lazy_weights import LazyModel
+    from freeact_export.models import load_torch_model
+    from freeact_export.quantize.planner import build_plan, torch_weights
+    from freeact_export.runtime.layerwise_lm import LayerwiseLogits
+    from freeact_export.simulate.fake_quant import SimulatedLogits
+
+    inputs = calibration_inputs("smollm2-135m", "wiki", "sink=pos:1", "cpu", "cpu", EvalSpec(seqlen=256, windows=2),
+                                CalibSpec(windows=4, seqlen=128, min_tokens=4))
+    model = load_torch_model(inputs.source)
+    record = calibrate(model, inputs.calib_windows, inputs.token_types, inputs.calib, progress=False)
+    whole = build_plan(torch_weights(model), record, "quarot+gptq", "w4a4", progress=False)
+    lazy = LazyModel(hf_folder(inputs.source))
+    layered, _, _ = plan_layer_by_layer(lazy.model, inputs.calib_windows, inputs.token_types, inputs.calib,
+                                        "quarot+gptq", "w4a4", load=lazy.load, release=lazy.release, progress=False)
+    assert [g.name for g in whole.groups] == [g.name for g in layered.groups] and len(whole.groups) == 120
+    for a, b in zip(whole.groups, layered.groups, strict=True):
+        assert all(torch.equal(x.codes, y.codes) and torch.equal(x.scale, y.scale)
+                   for x, y in zip(a.linears, b.linears, strict=True)), a.name
+    windows = inputs.eval_windows
+    expected = perplexity(SimulatedLogits(model, whole), windows, progress=False)
+    got = perplexity(LayerwiseLogits(LazyModel(hf_folder(inputs.source)), windows.input_ids, layered, progress=False),
+                     windows, progress=False)
+    assert got.window_nll_means == expected.window_nll_means
