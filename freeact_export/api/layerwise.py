@@ -54,7 +54,7 @@ def plan_layer_by_layer(model: torch.nn.Module, windows: np.ndarray, token_types
             counts = record.type_token_counts()
         first = len(planner.groups)
         folder = None if checkpoint is None else Path(checkpoint) / f"layer-{index:04d}"
-        planner.plan_groups(weights, record, first_index=first, checkpoint=folder)
+        planner.plan_groups(weights, record, first_index=first, checkpoint=folder, release=True)
         if propagate == "quantized":
             prefix = f"{stream.prefix}.{index}."
             outputs = stream.run(index, with_groups(stream.layers[index], prefix, planner.groups[first:],

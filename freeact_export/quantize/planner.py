@@ -130,11 +130,13 @@ class Planner:
         self.checkpoints: list[LearnedGroups] = []
 
     def plan_groups(self, weights: WeightSource, record: CalibrationRecord, first_index: int = 0,
-                    checkpoint: str | Path | None = None) -> None:
+                    checkpoint: str | Path | None = None, release: bool = False) -> None:
         """Plan every group of `record` (the model's groups from `first_index` on).
 
         checkpoint: a folder where learned groups are saved as they finish and read back when a
         run with the same settings is started again (learned methods only).
+        release: drop each group's statistics from `record` once it is planned (a big model's
+            layer holds gigabytes of them; a record planned again by other methods keeps its own).
         """
         check_rounding(self.bits, self.rounding, ((g.name, g.in_features) for g in record.groups))
         saved = None
@@ -145,6 +147,8 @@ class Planner:
         for local, group in enumerate(tqdm(record.groups, desc=f"plan ({self.method})", unit="group",
                                            disable=not self.progress)):
             self.groups.append(self._plan_group(weights, record, group, first_index + local, saved))
+            if release:
+                del record.stats[group.name]
 
     def _plan_group(self, weights: WeightSource, record: CalibrationRecord, group, index: int,
                     saved: LearnedGroups | None) -> GroupPlan:
