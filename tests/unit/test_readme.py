@@ -1,5 +1,6 @@
 """The README's commands stay true: the two set-up commands exist and every CLI line parses."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -105,3 +106,14 @@ def test_readme_cpu_preset_figures_match_their_record():
         assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["eval"]["corpus"]) == (32, 1024, "wiki")
         assert f"**{cell['eval']['perplexity']:.2f}**" in section
     assert f"({cells['freeact-general/w4a4']['quantize_s']:.0f} s" in section
+
+
+def test_readme_propagation_figures_match_their_records():
+    section = README.split("### Models bigger than memory: one decoder layer at a time", 1)[1].split("\n### ", 1)[0]
+    for propagate in ("fp", "quantized"):
+        record = json.loads((ROOT / "results" / "smollm2-135m" / "layerwise" /
+                             f"quarot-gptq-w4a4-{propagate}.json").read_text())
+        assert record["layer_by_layer"] == {"propagate": propagate} and record["method"] == "quarot+gptq"
+        assert (record["eval"]["windows"], record["eval"]["seqlen"]) == (32, 1024)
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{propagate}`"))
+        assert f"{record['eval']['perplexity']:.2f}" in row and f"{record['quantize_s']:.0f} s" in row
