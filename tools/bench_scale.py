@@ -201,15 +201,15 @@ def main() -> None:
             if key in records:
                 continue
             print(f"== {key}", flush=True)
-            (out / f"work-{size}").mkdir(exist_ok=True)
-            measured = _run(step_command(step, folder, args, out / f"work-{size}"))
+            work = Path(args.models) / f"work-{size}"  # the steps' outputs: beside the models, not in the record
+            work.mkdir(exist_ok=True)
+            measured = _run(step_command(step, folder, args, work))
             records[key] = {"size": size, "step": step, "params": parameter_count(size), **measured,
                             "settings": {k: getattr(args, k) for k in ("corpus", "calib_windows", "calib_seqlen",
                                                                        "eval_windows", "eval_seqlen")}}
             tmp = path.with_name(path.name + ".partial")
             tmp.write_text(json.dumps(records, indent=2) + "\n")
             os.replace(tmp, path)
-    shutil.rmtree(out / "work-tiny", ignore_errors=True)
     text = (f"Random Llama-shaped models (bfloat16 shards), each step in its own process: peak resident memory, wall "
             f"time. quantize: quarot+gptq W4A4 layer by layer, {args.calib_windows} x {args.calib_seqlen} "
             f"calibration tokens; eval: floating-point perplexity layer by layer, {args.eval_windows} x "
