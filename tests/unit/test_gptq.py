@@ -131,3 +131,36 @@ def test_gptq_with_the_clip_search_searches_in_place_of_a_learned_clip():
     assert torch.equal(got.codes, gptq_quantize(w, h, spec).codes)  # searched, not learned
     rtn = quantize_weights(["a"], [(w, None)], "identity", {}, spec, clip=learned)[0]
     assert torch.equal(rtn.codes, quantize(w, spec, learned).codes)  # round-to-nearest keeps the learned clip
+
+
+@pytest.mark.parametrize("case", ["hadamard", "kronecker-masks", "per-type-factors"])
+def test_transformed_hessian_equals_the_dense_per_type_formula(case):
+    """Σ_k M_k Tᵀ D S_k D T M_k / N with every matrix written out densely (torch.kron, diag) in float64."""
+    gen = torch.Generator().manual_seed(3)
+    d, counts = 96, (50, 7)
+    stats = []
+    for n in counts:
+        x = torch.randn(n, d, dtype=torch.float64, generator=gen) * torch.linspace(0.1, 5, d, dtype=torch.float64)
+        stats.append(TypeStats(n, x.T @ x, x.abs().amax(0).float(), torch.zeros(0, d)))
+    smooth = torch.rand(d, generator=gen) + 0.5
+    a, b = torch.randn(8, 8, generator=gen), torch.randn(12, 12, generator=gen)
+    if case == "hadamard":
+        signs = torch.where(torch.rand(d, generator=gen) > 0.5, 1.0, -1.0)
+        kind, tensors = "hadamard", {"signs": signs, "smooth": smooth}
+        mats = [torch.diag(signs.double()) @ hadamard(d)] * 2
+        masks = torch.ones(2, d, dtype=torch.float64)
+    elif case == "kronecker-masks":
+        masks = (torch.rand(2, d, generator=gen) > 0.2).float()
+        kind, tensors = "kronecker", {"kron_1": a, "kron_2": b, "smooth": smooth, "masks": masks}
+        mats = [torch.kron(a.double(), b.double())] * 2
+    else:
+        ta, tb = torch.randn(2, 8, 8, generator=gen), torch.randn(2, 12, 12, generator=gen)
+        kind, tensors = "kronecker", {"kron_1": a, "kron_2": b, "type_kron_1": ta, "type_kron_2": tb,
+                                      "smooth": smooth}
+        mats = [torch.kron(ta[k].double(), tb[k].double()) for k in range(2)]
+        masks = torch.ones(2, d, dtype=torch.float64)
+    scale = torch.diag(1 / smooth.double())
+    expected = sum(torch.diag(masks[k].double()) @ (scale @ mats[k]).T @ s.second_moment @ (scale @ mats[k])
+                   @ torch.diag(masks[k].double()) for k, s in enumerate(stats)) / sum(counts)
+    got = transformed_hessian(stats, kind, tensors)
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
