@@ -37,7 +37,6 @@ class SafetensorsFolder:
         else:
             raise UserError(f"{folder} holds no safetensors weights ({SINGLE} or {INDEX}); "
                             "give a Hugging Face folder saved with safetensors")
-        self._handles: dict[str, object] = {}
 
     def _open(self, file: str):
         from safetensors import safe_open
@@ -51,15 +50,24 @@ class SafetensorsFolder:
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
-    def get(self, name: str) -> torch.Tensor:
-        file = self.where[name]
-        if file not in self._handles:
-            self._handles[file] = self._open(file)
-        try:
-            return self._handles[file].get_tensor(name)
-        except Exception as err:
-            raise UserError(f"cannot read tensor {name} from {self.folder / file} ({type(err).__name__}); "
-                            "the folder is damaged: write it again") from None
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The named tensors, copied out of their shards. Each shard is mapped only while it is read: a
+        mapping kept open would keep every page read so far resident (and counted), layer after layer."""
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.where[name], []).append(name)
+        tensors = {}
+        for file, inside in by_file.items():
+            handle = self._open(file)
+            try:
+                for name in inside:
+                    tensors[name] = handle.get_tensor(name)
+            except Exception as err:
+                raise UserError(f"cannot read tensor {name} from {self.folder / file} ({type(err).__name__}); "
+                                "the folder is damaged: write it again") from None
+            finally:
+                del handle
+        return tensors
 
 
 class LazyModel:
@@ -94,21 +102,22 @@ class LazyModel:
         self._fill(self.head_names)
 
     def _fill(self, names: list[str]) -> None:
-        for name in names:
-            module_name, _, attr = name.rpartition(".")
-            module = self.model.get_submodule(module_name)
-            old = getattr(module, attr)
-            if old.device.type != "meta":
-                continue  # read already (or tied to a tensor that was)
-            if name not in self.tensors:
-                if not self._tied(name):
-                    raise UserError(f"{self.tensors.folder} lacks the model's tensor {name}; the folder is incomplete")
-                continue
-            value = self.tensors.get(name)
+        empty = [n for n in names if self._parameter(n).device.type == "meta"]  # others: read already, or tied
+        missing = [n for n in empty if n not in self.tensors and not self._tied(n)]
+        if missing:
+            raise UserError(f"{self.tensors.folder} lacks the model's tensor {missing[0]}; the folder is incomplete")
+        for name, value in self.tensors.read([n for n in empty if n in self.tensors]).items():
+            old = self._parameter(name)
             if tuple(value.shape) != tuple(old.shape):
                 raise UserError(f"tensor {name} in {self.tensors.folder} has shape {tuple(value.shape)}, the model's "
                                 f"config wants {tuple(old.shape)}; the folder is damaged or mixed")
-            module._parameters[attr] = torch.nn.Parameter(value.to(self.dtype), requires_grad=False)
+            module_name, _, attr = name.rpartition(".")
+            self.model.get_submodule(module_name)._parameters[attr] = torch.nn.Parameter(value.to(self.dtype),
+                                                                                        requires_grad=False)
+
+    def _parameter(self, name: str) -> torch.Tensor:
+        module_name, _, attr = name.rpartition(".")
+        return getattr(self.model.get_submodule(module_name), attr)
 
     def _tied(self, name: str) -> bool:
         config = self.model.config
