@@ -98,14 +98,19 @@ def test_readme_cpu_preset_figures_match_their_record():
     from freeact_export.config import CALIB_PRESETS, FREEACT_PRESETS
 
     cells = json.loads((ROOT / "results" / "smollm2-135m" / "fast-preset" / "bench_accuracy.json").read_text())
-    section = README.split("### The CPU preset, converged (W4A4)", 1)[1].split("\n### ", 1)[0]
-    for name in ("freeact-general/w4a4", "freeact-general+gptq/w4a4"):
+    section = README.split("### The CPU preset, converged", 1)[1].split("\n### ", 1)[0]
+    for name in ("freeact-general/w4a4", "freeact-general+gptq/w4a4", "freeact-general/w4a8",
+                 "freeact-general+gptq/w4a8"):
         cell = cells[name]
         assert cell["preset"] == "cpu" and cell["learning_spec"] == FREEACT_PRESETS["cpu"].to_dict()
         assert cell["calibration"] == CALIB_PRESETS["cpu"].to_dict()
         assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["eval"]["corpus"]) == (32, 1024, "wiki")
         assert f"**{cell['eval']['perplexity']:.2f}**" in section
     assert f"({cells['freeact-general/w4a4']['quantize_s']:.0f} s" in section
+    for name in ("quarot+gptq/w4a4", "smoothrot+gptq/w4a4", "quarot/w4a4", "smoothrot/w4a4", "rtn/w4a4"):
+        method = {"quarot": "QuaRot", "smoothrot": "SmoothRot", "rtn": "RTN"}[name.split("+")[0].split("/")[0]]
+        label = method + ("+GPTQ" if "+gptq" in name else "")
+        assert f"{label} {cells[name]['eval']['perplexity']:.2f}" in section, name
 
 
 def test_readme_propagation_figures_match_their_records():
