@@ -448,10 +448,9 @@ def quantize_layer_by_layer(model: str, corpus: str = "wiki", method: str = DEFA
     report.update(layer_by_layer={"propagate": propagate}, calibration_s=None, plan_s=None, quantize_s=quantize_s,
                   peak_rss_gb=round(_peak_rss_gb(), 2))
     plan.info["layer_by_layer"] = {"propagate": propagate}
-    if inputs.eval_windows is not None:
-        runner = LayerwiseLogits(LazyModel(hf_folder(inputs.source)), inputs.eval_windows.input_ids, plan, progress)
+    if inputs.eval_windows is not None:  # every layer was released: the same model reads them again
+        runner = LayerwiseLogits(lazy, inputs.eval_windows.input_ids, plan, progress)
         report["eval"] = _perplexity_record(runner, inputs.eval_windows, inputs.corpus, eval_spec, progress)
-    report["peak_rss_gb"] = round(_peak_rss_gb(), 2)
     return plan, report
 
 
