@@ -107,8 +107,10 @@ def test_readme_cpu_preset_figures_match_their_record():
         assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["eval"]["corpus"]) == (32, 1024, "wiki")
         assert f"**{cell['eval']['perplexity']:.2f}**" in section
     assert f"({cells['freeact-general/w4a4']['quantize_s']:.0f} s" in section
-    for name in ("quarot+gptq/w4a4", "smoothrot+gptq/w4a4", "quarot/w4a4", "smoothrot/w4a4", "rtn/w4a4"):
-        method = {"quarot": "QuaRot", "smoothrot": "SmoothRot", "rtn": "RTN"}[name.split("+")[0].split("/")[0]]
+    for name in ("quarot+gptq/w4a4", "smoothrot+gptq/w4a4", "quarot/w4a4", "smoothrot/w4a4", "rtn/w4a4",
+                 "flatquant/w4a4", "flatquant+gptq/w4a4"):
+        method = {"quarot": "QuaRot", "smoothrot": "SmoothRot", "rtn": "RTN",
+                  "flatquant": "FlatQuant-style"}[name.split("+")[0].split("/")[0]]
         label = method + ("+GPTQ" if "+gptq" in name else "")
         assert f"{label} {cells[name]['eval']['perplexity']:.2f}" in section, name
 
