@@ -1,6 +1,7 @@
 """The one floor of entry points: everything a user or the CLI calls (the CLI imports nothing else).
 
-    torch_in   evaluate, export, calibrate_model, plan_model, quantize   (a PyTorch model)
+    torch_in   evaluate, calibrate_model, plan_model, quantize           (a PyTorch model)
+    export     export                                                    (a PyTorch model → ONNX)
     onnx_in    rewrite_onnx (`freeact-export MODEL.onnx`), check         (an ONNX model)
     deploy     build_engine, bundle, triton, serve                       (engines, bundles, Triton)
 
@@ -17,7 +18,8 @@ import importlib
 
 _SOURCES = {
     "freeact_export.api.torch_in": ("DEVICES", "RUNTIMES", "Calibrated", "calibrate_model", "corpus_windows",
-                                    "evaluate", "export", "plan_model", "quantize", "resolve_device", "write_json"),
+                                    "evaluate", "plan_model", "quantize", "resolve_device", "write_json"),
+    "freeact_export.api.export": ("export",),
     "freeact_export.api.onnx_in": ("check", "rewrite_onnx"),
     "freeact_export.api.deploy": ("build_engine", "bundle", "serve", "triton"),
     "freeact_export.api.settings": ("calibration_settings", "checked", "learning_settings", "rewrite_output",
