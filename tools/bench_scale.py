@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,9 +69,8 @@ def write_model(size: str, folder: Path, tokenizer_folder: Path) -> None:
     config = llama_config(size)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))  # ours alone
     weight_map, pending, shard = {}, {}, 0
 
     def flush():
