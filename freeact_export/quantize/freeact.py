@@ -11,12 +11,15 @@ on Σ_k ‖X_k Wᵀ − x̃_k W̃ᵀ‖² over all calibration tokens, relative 
 (straight-through rounding). With one type there are no masks: that is the FlatQuant-style method.
 
 Masks chosen in the starting basis leak (a random or Hadamard basis spreads every type over
-every dimension), and zeroing leaked energy is pure error. So learning runs in two halves: the
+every dimension), and zeroing leaked energy is pure error. So learning runs in two phases: the
 first without masks; then the dedicated blocks (at most r_k = d · dedicated_fraction per type)
 are taken in the learned basis, only where the other types keep less than `MAX_LEAK` of their
-mean energy per dimension; the second half runs both with and without these masks (or, with
-continue_shared off, with them only, against the first half's result), and the lower final
-objective wins. The masks are kept only where they pay.
+mean energy per dimension; the second phase learns a branch with these masks from the first
+phase's result, and the lower final objective wins: the masks are kept only where they pay.
+With `branch_steps` set, the first phase has all `steps` (it is then the one-type method's
+learning, so a group falls back to what FlatQuant-style would give it) and the branch has
+`branch_steps` more. Without it (the older schedule) each phase has half the steps, and with
+continue_shared the shared transform also continues through the second half.
 
 The general per-type variant (`per_type=True`, method "freeact-general") replaces the masks by
 per-type activation factors: type k's tokens take x̃_k = (x / s)(A_k1 ⊗ A_k2) while the weights
@@ -206,10 +209,14 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
                           lambda: float(objective(learner, no_masks, subset)))
         before = float(objective(learner, no_masks, everything))
     splits = num_types > 1 and (per_type or spec.dedicated_fraction > 0)
-    first = spec.steps // 2 if splits else spec.steps
+    if splits and spec.branch_steps:  # the shared transform has every step; the branch comes on top
+        first, second = spec.steps, spec.branch_steps
+    else:
+        first = spec.steps // 2 if splits else spec.steps
+        second = spec.steps - first
     after = learn(learner, no_masks, first, gen)
     masks = no_masks
-    if first < spec.steps:  # second half: the shared branch against masks or per-type factors
+    if second:  # the shared branch against masks or per-type factors
         with torch.no_grad():
             energy = torch.stack([learner.activations(x, k).double().pow(2).mean(0) for k, x in enumerate(samples)])
         candidate = no_masks if per_type else type_masks(energy, spec.dedicated_fraction, MAX_LEAK).float()
@@ -217,10 +224,10 @@ def learn_freeact(group_name: str, stats: list[TypeStats], weights: list[torch.T
         if per_type:
             branch.split_per_type(num_types)
         branch_seed = int(torch.randint(0, 2**31, (1,), generator=gen))
-        if spec.continue_shared:  # else the branch competes with the first half's result: a third less learning
-            after = learn(learner, no_masks, spec.steps - first, torch.Generator().manual_seed(branch_seed))
+        if spec.continue_shared and not spec.branch_steps:  # else the branch competes with the first half's result
+            after = learn(learner, no_masks, second, torch.Generator().manual_seed(branch_seed))
         if per_type or not bool((candidate == 1).all()):
-            after_branch = learn(branch, candidate, spec.steps - first, torch.Generator().manual_seed(branch_seed))
+            after_branch = learn(branch, candidate, second, torch.Generator().manual_seed(branch_seed))
             if after_branch < after:
                 learner, masks, after = branch, candidate, after_branch
     with torch.no_grad():

@@ -3,6 +3,8 @@ with an error that grows with the energy leaking there; the general variant's pe
 exact where they differ from the shared ones only outside a type's row space; learning lowers
 the objective."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -154,6 +156,33 @@ def test_general_variant_learns_per_type_factors_for_a_low_rank_type():
     assert tensors["type_kron_1"].shape == (2, D1, D1) and tensors["type_kron_2"].shape == (2, D2, D2)
     assert info["objective_after"] < shared_info["objective_after"] < info["objective_before"]
     assert "type_kron_1" not in shared and not shared_info["per_type_factors"]
+
+
+@pytest.mark.parametrize("branch_steps, weighting", [(1, "tokens"), (100, "equal")])
+def test_branch_after_every_shared_step_falls_back_to_the_shared_result(branch_steps, weighting):
+    """With branch_steps the shared transform learns all `steps` first, exactly as without any branch
+    (same seed, same batches); the per-type branch is kept only where it ends lower, so the result is
+    never worse than the shared learning alone, and where the branch loses it is that learning."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(300, D, generator=gen)
+    sinks = torch.randn(40, 2, generator=gen) @ torch.randn(2, D, generator=gen) * 30.0
+    w = torch.randn(24, D, generator=gen)
+    stats = []
+    for part in (x, sinks):
+        s = TypeStats.empty(D)
+        s.add(part, keep=len(part), generator=gen)
+        stats.append(s)
+    shared = FreeActSpec(steps=100, lr=3e-2, clip_start="none", type_weighting=weighting, dedicated_fraction=0.0)
+    args = ("g", stats, [w], QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"))
+    general, _, info = learn_freeact(*args, dataclasses.replace(shared, branch_steps=branch_steps), False,
+                                     seed=0, per_type=True)
+    alone, _, alone_info = learn_freeact(*args, shared, False, seed=0)
+    assert info["objective_after"] <= alone_info["objective_after"]
+    if not info["per_type_factors"]:
+        assert info["objective_after"] == alone_info["objective_after"]
+        assert all(torch.equal(general[k], alone[k]) for k in ("smooth", "kron_1", "kron_2", "clip"))
+    if branch_steps == 100:  # enough steps for the low-rank sinks' own factors to pay, as in the test above
+        assert info["per_type_factors"] and info["objective_after"] < alone_info["objective_after"]
 
 
 def test_clip_start_searches_weight_rows_and_activation_clips():
