@@ -253,16 +253,22 @@ def _add_quantize(sub) -> None:
 
 def _run_quantize(args: argparse.Namespace) -> None:
     from freeact_export import api
-    from freeact_export.api import EvalSpec
+    from freeact_export.api import EvalSpec, Ranks, finish
 
     freeact = api.learning_settings(args.method, args.preset, steps=args.steps, checkpoint=args.checkpoint,
                                     dedicated_fraction=args.dedicated_fraction, type_weighting=args.type_weighting)
     eval_spec = None if args.no_eval else settings(EvalSpec, seqlen=args.seqlen, windows=args.windows)
     calib = api.calibration_settings(args.preset, args.calib_windows, args.calib_seqlen)
-    report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
-                          seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
-                          overwrite=args.overwrite, checkpoint=args.checkpoint, rounding=rounding(args),
-                          layerwise=args.layerwise, propagate=args.propagate)
+    ranks = Ranks.from_environment()  # under torchrun: this process's share of the work
+    try:
+        report = api.quantize(args.model, args.corpus, args.method, args.bits, args.types, args.preset, args.output,
+                              seed=args.seed, device=args.device, eval_spec=eval_spec, calib=calib, freeact=freeact,
+                              overwrite=args.overwrite, checkpoint=args.checkpoint, rounding=rounding(args),
+                              layerwise=args.layerwise, propagate=args.propagate, ranks=ranks)
+    finally:
+        finish(ranks)
+    if report is None:  # another rank than 0: rank 0 reports
+        return
     counts = ", ".join(f"{k} {v}" for k, v in report["type_token_counts"].items())
     if report.get("layer_by_layer"):
         took = (f"layer by layer ({report['layer_by_layer']['propagate']} propagation), calibration and planning "

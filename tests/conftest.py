@@ -32,6 +32,14 @@ def tiny_text_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory):
+    """A corpus file and tiny Hugging Face folders (safetensors) of three families: (root, {arch: folder})."""
+    root = tmp_path_factory.mktemp("layerwise")
+    (root / "tiny.txt").write_text(corpus_text(), encoding="utf-8")
+    return root, {arch: save_tiny_model(arch, root / arch) for arch in ("llama", "qwen2", "gemma3")}
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     return save_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
 

@@ -4,6 +4,7 @@
     export     export                                                    (a PyTorch model → ONNX)
     onnx_in    rewrite_onnx (`freeact-export MODEL.onnx`), check         (an ONNX model)
     deploy     build_engine, bundle, triton, serve                       (engines, bundles, Triton)
+    Ranks, finish                                                        (several processes: torchrun)
 
 Each returns a record (a plain dict ready for JSON). The other names give the CLI the settings it
 offers as choices and defaults, and the checks it runs before long work, so that it holds no
@@ -27,6 +28,7 @@ _SOURCES = {
     "freeact_export.assets": ("MODELS", "resolve_model"),
     "freeact_export.config": ("BITS_PRESETS", "CALIB_PRESETS", "FREEACT_PRESETS", "CalibSpec", "EvalSpec",
                               "ExportSpec", "WeightOptions"),
+    "freeact_export.distributed": ("Ranks", "finish"),
     "freeact_export.errors": ("UserError",),
     "freeact_export.files": ("check_new_output", "interrupted_message", "interruptible"),
     "freeact_export.preflight": ("require_room", "writing"),

@@ -30,6 +30,7 @@ from freeact_export.config import (
     FreeActSpec,
     WeightOptions,
 )
+from freeact_export.distributed import Ranks
 from freeact_export.errors import UserError
 from freeact_export.evaluate.perplexity import Windows, corpus_windows, perplexity
 from freeact_export.files import atomic_path, check_new_output, stamped
@@ -360,12 +361,15 @@ def quantize_layer_by_layer(model: str, corpus: str = "wiki", method: str = DEFA
                             eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
                             freeact: FreeActSpec | None = None, progress: bool = True,
                             checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions(),
-                            propagate: str = "fp", plan_output: Path | None = None) -> tuple[Plan, dict]:
+                            propagate: str = "fp", plan_output: Path | None = None,
+                            ranks: Ranks | None = None) -> tuple[Plan, dict | None]:
     """quantize's plan and report for a model read one decoder layer at a time (CPU; memory: the
     embeddings and head, one layer, the windows' hidden states and one layer's statistics).
 
     propagate: "fp" (each layer calibrates on the floating-point model's activations; the plan equals
     calibrate_model + plan_model's) or "quantized" (on the quantized earlier layers' outputs).
+    ranks: several processes share the work (freeact_export.distributed); rank 0 alone evaluates and
+    reports (the other ranks return no report).
     """
     _check_choice("propagation", propagate, PROPAGATION)
     inputs = calibration_inputs(model, corpus, types, preset, "cpu", eval_spec, calib)
@@ -379,12 +383,14 @@ def quantize_layer_by_layer(model: str, corpus: str = "wiki", method: str = DEFA
     plan, massive, counts = plan_layer_by_layer(
         lazy.model, inputs.calib_windows, inputs.token_types, inputs.calib, method, bits, seed=seed, freeact=freeact,
         rounding=rounding, checkpoint=checkpoint, propagate=propagate, load=lazy.load, release=lazy.release,
-        progress=progress)
+        progress=progress, ranks=ranks)
+    if ranks is not None and not ranks.leader:
+        return plan, None
     quantize_s = round(time.perf_counter() - start, 1)
     report = _describe(plan, model, inputs.source, inputs.corpus, preset, "cpu", inputs.calib, counts,
                        massive.summary(inputs.tokenizer), lazy.model)
     report.update(layer_by_layer={"propagate": propagate}, calibration_s=None, plan_s=None, quantize_s=quantize_s,
-                  peak_rss_gb=round(_peak_rss_gb(), 2))
+                  peak_rss_gb=round(_peak_rss_gb(), 2), processes=1 if ranks is None else ranks.world)
     plan.info["layer_by_layer"] = {"propagate": propagate}
     if inputs.eval_windows is not None:  # every layer was released: the same model reads them again
         runner = LayerwiseLogits(lazy, inputs.eval_windows.input_ids, plan, progress)
@@ -397,30 +403,38 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
              device: str = "auto", eval_spec: EvalSpec | None = EvalSpec(), calib: CalibSpec | None = None,
              freeact: FreeActSpec | None = None, overwrite: bool = False, progress: bool = True,
              checkpoint: str | Path | None = None, rounding: WeightOptions = WeightOptions(),
-             layerwise: str = "auto", propagate: str = "fp") -> dict:
+             layerwise: str = "auto", propagate: str = "fp", ranks: Ranks | None = None) -> dict | None:
     """Calibrate, plan and (unless eval_spec is None) measure; write the plan folder if `output` is set.
 
     See calibrate_model and plan_model for the arguments; `seed` drives the method's random
     choices only (calibration windows always use seed 0, so every method sees the same data).
     layerwise: "auto" (one decoder layer at a time above LAYERWISE_ABOVE_PARAMS parameters), "on" or
     "off"; propagate: what the next layer calibrates on then (see quantize_layer_by_layer).
+    ranks: processes started by torchrun share the work, layer by layer (freeact_export.distributed);
+    rank 0 writes the folder and returns the report, the others return None.
     """
     _check_choice("method", method, METHODS)
     _check_choice("bits", bits, BITS_PRESETS)
-    out = None if output is None else Path(output)
+    out = None if output is None or (ranks is not None and not ranks.leader) else Path(output)
+    if ranks is not None and layerwise == "off":
+        raise UserError(f"{ranks.world} processes quantize one decoder layer at a time; drop --layerwise off "
+                        "(or run one process)")
     if out is not None:  # before the slow part
         require_room(out)
         check_new_output(out, overwrite)
     if checkpoint is not None:
         require_checkpoint_folder(checkpoint)
     _check_choice("propagation", propagate, PROPAGATION)
-    if layer_by_layer(resolve_model(model), layerwise):
+    if ranks is not None or layer_by_layer(resolve_model(model), layerwise):
         if resolve_device(device, resolve_model(model)) != "cpu":
             raise UserError("quantizing layer by layer runs on the CPU; pass --device cpu (or --layerwise off)")
         plan, report = quantize_layer_by_layer(model, corpus, method, bits, types, preset, seed=seed,
-                                               eval_spec=eval_spec, calib=calib, freeact=freeact, progress=progress,
+                                               eval_spec=eval_spec, calib=calib, freeact=freeact,
+                                               progress=progress and (ranks is None or ranks.leader),
                                                checkpoint=checkpoint, rounding=rounding, propagate=propagate,
-                                               plan_output=out)
+                                               plan_output=out, ranks=ranks)
+        if report is None:  # not rank 0
+            return None
     else:
         cal = calibrate_model(model, corpus, types, preset, device=device, eval_spec=eval_spec, calib=calib,
                               progress=progress, plan_output=out, rounding=(bits, rounding))

@@ -23,8 +23,9 @@ import torch
 from freeact_export.calibrate.groups import LinearGroup, group_linears
 from freeact_export.calibrate.massive import MassiveTokens
 from freeact_export.calibrate.run import CalibrationRecord
-from freeact_export.calibrate.stats import GroupRecorder, TypeContext, TypeStats
+from freeact_export.calibrate.stats import GroupRecorder, StatsTap, TypeContext, TypeStats
 from freeact_export.config import CalibSpec
+from freeact_export.distributed import Ranks
 from freeact_export.module_surgery import block_linears, decoder_layers, swap_module
 from freeact_export.token_types import TokenTypes
 
@@ -59,6 +60,18 @@ def _output(result) -> torch.Tensor:
     return result[0] if isinstance(result, tuple) else result
 
 
+class _Capture(torch.nn.Module):
+    """Stands in for a group's first linear: keeps its input (the last window's), then runs it."""
+
+    def __init__(self, linear: torch.nn.Module):
+        super().__init__()
+        self.linear, self.taken = linear, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.taken = x
+        return self.linear(x)
+
+
 class LayerStream:
     """The decoder stack of `model`, run one layer at a time over the calibration windows.
 
@@ -72,9 +85,10 @@ class LayerStream:
 
     def __init__(self, model: torch.nn.Module, windows: np.ndarray, token_types: TokenTypes,
                  spec: CalibSpec | None = None, load: Callable[[int], None] = lambda index: None,
-                 release: Callable[[int], None] = lambda index: None):
+                 release: Callable[[int], None] = lambda index: None, ranks: Ranks | None = None):
         self.model, self.windows, self.token_types, self.spec = model, windows, token_types, spec
-        self.load, self.release = load, release
+        self.load, self.release, self.ranks = load, release, ranks
+        self.mine = list(range(len(windows))) if ranks is None else ranks.windows(len(windows))
         self.layers = decoder_layers(model)
         self.prefix = next(n for n, m in model.named_modules() if m is self.layers)
         self.context = TypeContext(token_types.num_types)
@@ -82,7 +96,12 @@ class LayerStream:
         self.massive = MassiveTokens()
         self.peaks: list[list[torch.Tensor]] = [[] for _ in windows]  # per window, each group's per-token max |x|
         self.groups_seen = 0
-        self.hidden, self.calls = self._capture()
+        self.owners: list[int] = []  # with ranks: the rank of each group of the layer last calibrated
+        self.hidden, self.calls = self._capture()  # of this rank's windows (self.mine), in that order
+
+    def type_token_counts(self) -> dict[str, int]:
+        """Calibration tokens per token type, over every window (every group sees them all)."""
+        return {name: sum(int((t == k).sum()) for t in self.types) for k, name in enumerate(self.token_types.names)}
 
     def _capture(self) -> tuple[list[torch.Tensor], list[list[tuple]]]:
         """Each window's first-layer input and, per layer and window, the call's other arguments."""
@@ -94,9 +113,9 @@ class LayerStream:
         device = self._device()
         try:
             with torch.inference_mode():
-                for row in self.windows:
+                for w in self.mine:
                     try:
-                        self.model(input_ids=torch.from_numpy(row[None, :]).to(device), use_cache=False)
+                        self.model(input_ids=torch.from_numpy(self.windows[w][None, :]).to(device), use_cache=False)
                     except _LayerDone:
                         pass
         finally:
@@ -118,10 +137,10 @@ class LayerStream:
         layer = self.layers[index] if layer is None else layer
         outputs = []
         with torch.inference_mode():
-            for w, hidden in enumerate(self.hidden):
+            for local, w in enumerate(self.mine):
                 self.context.types = self.types[w]
-                args, kwargs = self.calls[index][w]
-                outputs.append(_output(layer(hidden, *args, **kwargs)).clone())
+                args, kwargs = self.calls[index][local]
+                outputs.append(_output(layer(self.hidden[local], *args, **kwargs)).clone())
                 after_window(w)
         return outputs
 
@@ -135,6 +154,8 @@ class LayerStream:
         args, kwargs = self.calls[index][0]
         groups: list[LinearGroup] = group_linears(self.model, linears, lambda: layer(self.hidden[0], *args, **kwargs))
         keep = -(-self.spec.samples_per_type // len(self.windows))  # ceil, as the whole-model pass
+        if self.ranks is not None:
+            return self._calibrate_shared(index, groups, keep)
         recorders = {}
         for group in groups:  # seeded by the group's index in the model, as the whole-model pass
             first = self.model.get_submodule(group.linears[0])
@@ -149,6 +170,54 @@ class LayerStream:
             for group in groups:
                 swap_module(self.model, group.linears[0], recorders[group.name].linear)
         stats: dict[str, list[TypeStats]] = {name: rec.tap.stats for name, rec in recorders.items()}
+        return CalibrationRecord(self.token_types, groups, stats, self.spec, self.massive), outputs
+
+    def _calibrate_shared(self, index: int, groups: list[LinearGroup], keep: int
+                          ) -> tuple[CalibrationRecord, list[torch.Tensor]]:
+        """calibrate() split across ranks (freeact_export.distributed): this rank runs its windows; each
+        round of one window per rank, every group's inputs are gathered on the group's owner, which
+        adds them in window order. The record holds the owned groups' statistics only."""
+        ranks = self.ranks
+        modules = [self.model.get_submodule(g.linears[0]) for g in groups]
+        self.owners = ranks.owners([sum(self.model.get_submodule(n).weight.numel() for n in g.linears)
+                                    for g in groups])
+        taps = {}
+        for j, group in enumerate(groups):  # seeded by the group's index in the model, as the whole-model pass
+            if self.owners[j] == ranks.rank:
+                taps[j] = StatsTap(group.in_features, self.token_types.num_types, keep,
+                                   self.spec.seed * 100_003 + self.groups_seen + j)
+        self.groups_seen += len(groups)
+        captures = [_Capture(m) for m in modules]
+        for group, capture in zip(groups, captures, strict=True):
+            swap_module(self.model, group.linears[0], capture)
+        seqlen, outputs, layer = self.windows.shape[1], [], self.layers[index]
+        try:
+            for start in range(0, len(self.windows), ranks.world):
+                local = start // ranks.world
+                present = local < len(self.mine)
+                if present:
+                    with torch.inference_mode():
+                        self.context.types = self.types[self.mine[local]]
+                        args, kwargs = self.calls[index][local]
+                        outputs.append(_output(layer(self.hidden[local], *args, **kwargs)).clone())
+                peaks = []
+                for j, capture in enumerate(captures):
+                    x = capture.taken if present else torch.zeros(1, seqlen, modules[j].in_features,
+                                                                    dtype=modules[j].weight.dtype)
+                    x = x.reshape(1, seqlen, -1)
+                    peaks.append(x.abs().amax(dim=-1).reshape(-1).float())
+                    gathered = ranks.gather(x, self.owners[j])
+                    for r, xr in enumerate(gathered or []):
+                        if start + r < len(self.windows):
+                            taps[j].add(xr, self.types[start + r])
+                every = ranks.gather(torch.stack(peaks), 0)  # the massive-activation counts, on rank 0
+                for r, window_peaks in enumerate(every or []):
+                    if start + r < len(self.windows):
+                        self.peaks[start + r].extend(window_peaks)
+        finally:
+            for group, module in zip(groups, modules, strict=True):
+                swap_module(self.model, group.linears[0], module)
+        stats = {groups[j].name: tap.stats for j, tap in taps.items()}
         return CalibrationRecord(self.token_types, groups, stats, self.spec, self.massive), outputs
 
     def advance(self, index: int, outputs: list[torch.Tensor]) -> None:

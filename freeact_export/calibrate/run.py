@@ -102,9 +102,14 @@ def checked_record(token_types: TokenTypes, groups: list[LinearGroup], stats: di
                    spec: CalibSpec, massive: MassiveTokens) -> CalibrationRecord:
     """The record, once every token type has enough calibration tokens (UserError naming it if not)."""
     first_stats = stats[groups[0].name]
-    for k, name in enumerate(token_types.names):
-        if first_stats[k].count < spec.min_tokens:
-            raise UserError(f"token type '{name}' has {first_stats[k].count} calibration tokens, fewer than "
+    check_type_counts(token_types, {name: first_stats[k].count for k, name in enumerate(token_types.names)}, spec)
+    return CalibrationRecord(token_types, groups, stats, spec, massive)
+
+
+def check_type_counts(token_types: TokenTypes, counts: dict[str, int], spec: CalibSpec) -> None:
+    """UserError naming the first token type with fewer than spec.min_tokens calibration tokens."""
+    for name in token_types.names:
+        if counts[name] < spec.min_tokens:
+            raise UserError(f"token type '{name}' has {counts[name]} calibration tokens, fewer than "
                             f"{spec.min_tokens}; change the rule ({token_types.to_text()}) "
                             "or calibrate on more windows")
-    return CalibrationRecord(token_types, groups, stats, spec, massive)

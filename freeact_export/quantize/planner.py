@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from freeact_export.calibrate.run import CalibrationRecord
 from freeact_export.config import FREEACT_PRESETS, FreeActSpec, QuantSpec, WeightOptions, bits_preset
+from freeact_export.distributed import Ranks
 from freeact_export.errors import UserError
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.quantize.astro import astro_weight
@@ -130,14 +131,16 @@ class Planner:
         self.checkpoints: list[LearnedGroups] = []
 
     def plan_groups(self, weights: WeightSource, record: CalibrationRecord, first_index: int = 0,
-                    checkpoint: str | Path | None = None, release: bool = False) -> None:
-        """Plan every group of `record` (the model's groups from `first_index` on).
+                    checkpoint: str | Path | None = None, release: bool = False,
+                    indices: list[int] | None = None) -> None:
+        """Plan every group of `record` (the model's groups from `first_index` on, or at `indices`).
 
         checkpoint: a folder where learned groups are saved as they finish and read back when a
         run with the same settings is started again (learned methods only).
         release: drop each group's statistics from `record` once it is planned (a big model's
             layer holds gigabytes of them; a record planned again by other methods keeps its own).
         """
+        indices = list(range(first_index, first_index + len(record.groups))) if indices is None else indices
         check_rounding(self.bits, self.rounding, ((g.name, g.in_features) for g in record.groups))
         saved = None
         if checkpoint is not None and self.base.learned:
@@ -146,7 +149,7 @@ class Planner:
             self.checkpoints.append(saved)
         for local, group in enumerate(tqdm(record.groups, desc=f"plan ({self.method})", unit="group",
                                            disable=not self.progress)):
-            self.groups.append(self._plan_group(weights, record, group, first_index + local, saved))
+            self.groups.append(self._plan_group(weights, record, group, indices[local], saved))
             if release:
                 del record.stats[group.name]
 
@@ -176,6 +179,16 @@ class Planner:
                                           hessian if self.gptq else None,
                                           hessian if self.base.astro_weights else None,
                                           self.rounding.act_order), weight_spec)
+
+    def share(self, ranks: Ranks, groups_from: int, learned_from: int, resumed_from: int, order: list[str]) -> None:
+        """Across ranks (freeact_export.distributed): the groups every rank planned since the given
+        counts, in the model's `order` on every rank, with their learning records."""
+        infos = self.learned[learned_from:]
+        mine = [(g, infos[i] if infos else None) for i, g in enumerate(self.groups[groups_from:])]
+        every = {g.name: (g, info) for g, info in ranks.share(mine)}
+        self.resumed = resumed_from + sum(ranks.share([self.resumed - resumed_from]))
+        self.groups[groups_from:] = [every[name][0] for name in order]
+        self.learned[learned_from:] = [every[name][1] for name in order if every[name][1] is not None]
 
     def plan(self, token_types: str) -> Plan:
         """The Plan of every group planned so far, in the order planned."""

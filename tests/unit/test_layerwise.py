@@ -80,15 +80,6 @@ def test_quantized_propagation_calibrates_on_the_simulated_earlier_layers(arch):
         _assert_same_groups(whole.groups[len(first):], second)
 
 
-@pytest.fixture(scope="module")
-def tiny_folders(tmp_path_factory):
-    from tiny_models import corpus_text, save_tiny_model
-
-    root = tmp_path_factory.mktemp("layerwise")
-    (root / "tiny.txt").write_text(corpus_text(), encoding="utf-8")
-    return root, {arch: save_tiny_model(arch, root / arch) for arch in ("llama", "qwen2", "gemma3")}
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_lazy_model_reads_each_layer_on_demand_and_computes_the_same_logits(tiny_folders, arch):
     from freeact_export.lazy_weights import LazyModel
