@@ -148,12 +148,15 @@ def _add_export(sub) -> None:
             sequence dynamic, no KV cache. Writes a folder: model.onnx (+ model.onnx.data when
             the weights are large), the tokenizer and config, and export.json. ONNX Runtime
             then runs the graph on sample text and the max abs difference of its logits
-            against PyTorch's is printed and recorded. The folder is written under a temporary
-            name and renamed when complete."""),
+            against PyTorch's is printed and recorded. Above 1B parameters (--stream) the model is
+            traced without weights and each weight is written from its safetensors shards, so the
+            model is never held in memory. The folder is written under a temporary name and
+            renamed when complete."""),
         epilog=textwrap.dedent("""\
             examples:
               freeact-export export --model smollm2-135m -o out/smollm2-135m-fp32
-              freeact-export export --model ./Qwen2.5-0.5B -o out/qwen --external-data always"""))
+              freeact-export export --model ./Qwen2.5-0.5B -o out/qwen --external-data always
+              freeact-export export --model ./Meta-Llama-3-8B --dtype bfloat16 -o out/llama3-8b-onnx"""))
     p.add_argument("--model", required=True, metavar="M", help="name, Hugging Face folder or .gguf file")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="export folder to create")
     p.add_argument("--opset", type=COUNT, default=21, help="ONNX opset (default: 21, needed later for INT4)")
@@ -161,6 +164,12 @@ def _add_export(sub) -> None:
                    help="weights in model.onnx.data: auto = only above ~1.8 GB (default: auto)")
     p.add_argument("--kv-cache", action="store_true",
                    help="also take past keys/values and return present ones (past_key_values.{i}.key ...)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="the graph's float type (default: float32; bfloat16 is not verified: ONNX Runtime's CPU "
+                        "kernels do not run it)")
+    p.add_argument("--stream", default="auto", choices=["auto", "on", "off"],
+                   help="trace without weights and write each weight from the model's shards, never holding the "
+                        "model (always external data): auto = above 1B parameters (default: auto)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch logits check")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_run_export)
@@ -171,11 +180,15 @@ def _run_export(args: argparse.Namespace) -> None:
     from freeact_export.api import ExportSpec, resolve_model
 
     spec = settings(ExportSpec, opset=args.opset, external_data=args.external_data, verify=not args.no_verify,
-                    kv_cache=args.kv_cache)
+                    kv_cache=args.kv_cache, dtype=args.dtype)
     resolve_model(args.model)  # an unknown model is its one error line, without a banner before it
     print(f"exporting {args.model} to ONNX (about a minute per 100M parameters on 2 CPU cores)", flush=True)
-    record = api.export(args.model, args.output, spec, overwrite=args.overwrite)
-    print(f"wrote {args.output}/ ({', '.join(record['files'])}) in {record['export_s']:.0f} s")
+    record = api.export(args.model, args.output, spec, overwrite=args.overwrite, stream=args.stream)
+    how = "streamed from the shards, " if record["streamed"] else ""
+    print(f"wrote {args.output}/ ({', '.join(record['files'])}; {record['dtype']}) in {record['export_s']:.0f} s, "
+          f"{how}peak memory {record['peak_rss_gb']:.1f} GB")
+    if "verify_skipped" in record:
+        print(record["verify_skipped"])
     if "parity_vs_torch" in record:
         p = record["parity_vs_torch"]
         print(f"ONNX Runtime vs PyTorch logits: max abs diff {p['max_abs_diff']:.3g} "

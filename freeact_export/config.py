@@ -47,6 +47,7 @@ class EvalSpec(_Versioned):
 
 
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ExportSpec(_Versioned):
             protobuf past its 2 GB limit; "always" / "never" force the choice.
         verify: run ONNX Runtime on sample text after export and record the max abs
             difference of its logits against PyTorch's.
+        dtype: the graph's floating-point type (weights, activations, logits).
         kv_cache: also take the past keys/values per layer (past_key_values.{i}.key|value
             [batch, kv heads, past, head dim]) and return the new ones (present.{i}.key|value),
             as Optimum and onnxruntime-genai lay them out: a graph that can decode.
@@ -69,10 +71,13 @@ class ExportSpec(_Versioned):
     external_data: str = "auto"
     verify: bool = True
     kv_cache: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.external_data not in EXTERNAL_DATA_CHOICES:
             raise ValueError(f"external_data must be one of {EXTERNAL_DATA_CHOICES}")
+        if self.dtype not in EXPORT_DTYPES:
+            raise ValueError(f"dtype must be one of {EXPORT_DTYPES} (got {self.dtype})")
         import onnx
 
         newest = onnx.defs.onnx_opset_version()  # the exporter cannot write an opset onnx does not know

@@ -334,7 +334,7 @@ def plan_model(cal: Calibrated, method: str = DEFAULT_METHOD, bits: str = "w4a4"
     report = _describe(plan, cal.model, cal.source, cal.corpus, cal.preset, cal.device, cal.record.spec,
                        cal.type_token_counts(), cal.massive, cal.torch_model)
     report.update(calibration_s=cal.calibration_s, plan_s=plan_s, quantize_s=round(cal.calibration_s + plan_s, 1),
-                  peak_rss_gb=round(_peak_rss_gb(), 2))
+                  peak_rss_gb=round(peak_rss_gb(), 2))
     if cal.eval_windows is not None:
         runner = SimulatedLogits(cal.torch_model, plan)
         report["eval"] = _perplexity_record(runner, cal.eval_windows, cal.corpus, cal.eval_spec, progress)
@@ -390,7 +390,7 @@ def quantize_layer_by_layer(model: str, corpus: str = "wiki", method: str = DEFA
     report = _describe(plan, model, inputs.source, inputs.corpus, preset, "cpu", inputs.calib, counts,
                        massive.summary(inputs.tokenizer), lazy.model)
     report.update(layer_by_layer={"propagate": propagate}, calibration_s=None, plan_s=None, quantize_s=quantize_s,
-                  peak_rss_gb=round(_peak_rss_gb(), 2), processes=1 if ranks is None else ranks.world)
+                  peak_rss_gb=round(peak_rss_gb(), 2), processes=1 if ranks is None else ranks.world)
     plan.info["layer_by_layer"] = {"propagate": propagate}
     if inputs.eval_windows is not None:  # every layer was released: the same model reads them again
         runner = LayerwiseLogits(lazy, inputs.eval_windows.input_ids, plan, progress)
@@ -447,7 +447,7 @@ def quantize(model: str, corpus: str = "wiki", method: str = DEFAULT_METHOD, bit
     return report
 
 
-def _peak_rss_gb() -> float:
+def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     import resource
 

@@ -71,12 +71,13 @@ def uses_external_data(model: torch.nn.Module, spec: ExportSpec) -> bool:
     return spec.external_data == "always"
 
 
-def export_prefill(model: torch.nn.Module, onnx_path: Path, spec: ExportSpec) -> list[Path]:
-    """Write `onnx_path` (and its external data file, if any); return the files written."""
+def trace(model: torch.nn.Module, spec: ExportSpec, optimize: bool = True):
+    """The dynamo exporter's ONNXProgram of `model`'s prefill graph (with the KV cache if spec.kv_cache);
+    a model on the meta device traces too (streamed.py: no weights are needed, only their shapes)."""
     vocab = model.get_input_embeddings().num_embeddings
     device = next(model.parameters()).device
-    ids = torch.randint(0, vocab, (_TRACE_BATCH, _TRACE_SEQ), device=device,
-                        generator=torch.Generator(device).manual_seed(0))
+    dtype = next(model.parameters()).dtype
+    ids = torch.randint(0, vocab, (_TRACE_BATCH, _TRACE_SEQ), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
@@ -86,7 +87,7 @@ def export_prefill(model: torch.nn.Module, onnx_path: Path, spec: ExportSpec) ->
         wrapper, config = DecoderWithCache(model), model.config
         heads = config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        past = tuple(torch.zeros(_TRACE_BATCH, heads, _TRACE_PAST, head_dim, device=device)
+        past = tuple(torch.zeros(_TRACE_BATCH, heads, _TRACE_PAST, head_dim, device=device, dtype=dtype)
                      for _ in range(2 * wrapper.layers))
         args = (ids, torch.ones(_TRACE_BATCH, _TRACE_PAST + _TRACE_SEQ, dtype=ids.dtype, device=device), *past)
         past_len = torch.export.Dim("past_sequence")
@@ -102,15 +103,20 @@ def export_prefill(model: torch.nn.Module, onnx_path: Path, spec: ExportSpec) ->
             # torchvision (whose ops a decoder LM never uses): noise for our users.
             warnings.simplefilter("ignore")
             exporter_log.setLevel(logging.ERROR)
-            program = torch.onnx.export(wrapper, args, dynamo=True,
-                                        input_names=input_names, output_names=output_names,
-                                        dynamic_shapes=shapes, opset_version=spec.opset,
-                                        optimize=True, verbose=False)
-            program.save(str(onnx_path), external_data=uses_external_data(model, spec))
+            return torch.onnx.export(wrapper, args, dynamo=True, input_names=input_names, output_names=output_names,
+                                     dynamic_shapes=shapes, opset_version=spec.opset, optimize=optimize,
+                                     verbose=False)
     finally:
         exporter_log.setLevel(level)
-    written = [onnx_path]
+
+
+def export_prefill(model: torch.nn.Module, onnx_path: Path, spec: ExportSpec) -> list[Path]:
+    """Write `onnx_path` (and its external data file, if any); return the files written."""
+    trace(model, spec).save(str(onnx_path), external_data=uses_external_data(model, spec))
+    return written_files(onnx_path)
+
+
+def written_files(onnx_path: Path) -> list[Path]:
+    """The graph and, where it was written, its external data file."""
     data_file = onnx_path.with_name(onnx_path.name + ".data")
-    if data_file.exists():
-        written.append(data_file)
-    return written
+    return [onnx_path, data_file] if data_file.exists() else [onnx_path]
