@@ -9,8 +9,10 @@ each step on each model in its own process and records that process's peak resid
                (--calib-windows / --calib-seqlen), no evaluation
     eval       freeact-export eval --layerwise on: the floating-point model's perplexity on
                --eval-windows windows (one decoder layer at a time)
+    export     freeact-export export --stream on --dtype bfloat16: traced without weights, each
+               weight written from the shards (not verified: ONNX Runtime has no bfloat16 kernels)
 
-Export and the ONNX rewrite do not stream yet (issue 21): they are not steps here until they do.
+The ONNX rewrite does not stream yet (issue 21): it is not a step here until it does.
 Writes <out>/bench_scale.json (every record; resumable), bench_scale.md and bench_scale.png.
 
     python tools/bench_scale.py --sizes 0.5b,1.5b,3b,8b --out results/scale
@@ -36,7 +38,7 @@ SIZES = {
     "3b": (3072, 28, 24, 8, 8192, 128256, True),  # Llama-3.2-3B
     "8b": (4096, 32, 32, 8, 14336, 128256, False),  # Llama-3-8B
 }
-STEPS = ("quantize", "eval")
+STEPS = ("quantize", "eval", "export")
 SHARD_BYTES = 2 * 10**9
 
 
@@ -122,6 +124,9 @@ def step_command(step: str, folder: Path, args: argparse.Namespace, out: Path) -
     if step == "eval":
         return [*cli, "eval", "--model", str(folder), "--corpus", args.corpus, "--layerwise", "on", "--device", "cpu",
                 "--windows", str(args.eval_windows), "--seqlen", str(args.eval_seqlen)]
+    if step == "export":
+        return [*cli, "export", "--model", str(folder), "--stream", "on", "--dtype", "bfloat16", "-o",
+                str(out / "onnx"), "--overwrite"]
     raise ValueError(step)
 
 
@@ -213,7 +218,7 @@ def main() -> None:
     text = (f"Random Llama-shaped models (bfloat16 shards), each step in its own process: peak resident memory, wall "
             f"time. quantize: quarot+gptq W4A4 layer by layer, {args.calib_windows} x {args.calib_seqlen} "
             f"calibration tokens; eval: floating-point perplexity layer by layer, {args.eval_windows} x "
-            f"{args.eval_seqlen} tokens.\n\n{table(records)}\n")
+            f"{args.eval_seqlen} tokens; export: bfloat16 ONNX streamed from the shards.\n\n{table(records)}\n")
     (out / "bench_scale.md").write_text(text)
     plot(records, out / "bench_scale.png")
     print(text)

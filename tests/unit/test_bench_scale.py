@@ -40,7 +40,7 @@ def test_each_step_is_measured_in_its_own_process_and_tabled(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "bench_scale.py"), "--sizes", "tiny", "--models",
                     str(tmp_path / "models"), "--out", str(tmp_path / "out")], check=True, cwd=ROOT)
     records = json.loads((tmp_path / "out" / "bench_scale.json").read_text())
-    assert set(records) == {"tiny/quantize", "tiny/eval"}
+    assert set(records) == {"tiny/quantize", "tiny/eval", "tiny/export"}
     for record in records.values():
         assert record["peak_rss_gb"] > 0.1 and record["wall_s"] > 0  # a real process: torch alone takes more
     table = (tmp_path / "out" / "bench_scale.md").read_text()
