@@ -131,8 +131,8 @@ def step_command(step: str, folder: Path, args: argparse.Namespace, out: Path) -
 
 
 def table(records: dict) -> str:
-    sizes = sorted({r["size"] for r in records.values()}, key=lambda s: records[f"{s}/quantize"]["params"]
-                   if f"{s}/quantize" in records else 0)
+    params = {r["size"]: r["params"] for r in records.values()}
+    sizes = sorted(params, key=params.get)
     lines = ["| model shape | parameters | bf16 on disk | " + " | ".join(STEPS) + " |",
              "|---|---|---|" + "---|" * len(STEPS)]
     for size in sizes:

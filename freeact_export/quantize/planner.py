@@ -17,7 +17,7 @@ from freeact_export.errors import UserError
 from freeact_export.plan import GroupPlan, LinearPlan, Plan
 from freeact_export.quantize.astro import astro_weight
 from freeact_export.quantize.checkpoint import LearnedGroups
-from freeact_export.quantize.gptq import gptq_quantize, transformed_hessian
+from freeact_export.quantize.gptq import factor_hessian, gptq_quantize, transformed_hessian
 from freeact_export.quantize.methods import GroupInput, GroupTransform, lookup, method_names, registry
 from freeact_export.quantize.quantizers import quantize
 from freeact_export.transforms.apply import weight_side
@@ -56,6 +56,7 @@ def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
         act_order: GPTQ's column order by decreasing Hessian diagonal.
     """
     plans, row = [], 0
+    factor = None if hessian is None else factor_hessian(hessian, act_order)  # once for q, k, v (gate, up)
     for name, (weight, bias) in zip(names, linears, strict=True):
         folded = weight_side(weight, kind, tensors)
         if astro is not None:
@@ -68,7 +69,7 @@ def quantize_weights(names, linears, kind: str, tensors: dict, spec: QuantSpec,
             # (freeact-general+gptq W4A8, 8 windows: 19.18 with the learned clip, 18.54 searched).
             row_clip = None
         q = quantize(folded, spec, row_clip) if hessian is None else \
-            gptq_quantize(folded, hessian, spec, row_clip, act_order)
+            gptq_quantize(folded, factor, spec, row_clip, act_order)
         row += rows
         bias = None if bias is None else bias.float().clone()
         plans.append(LinearPlan(name, q.codes, q.scale.float(), q.zero, bias))
