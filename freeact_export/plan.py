@@ -17,11 +17,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from freeact_export import manifest
 from freeact_export.config import QuantSpec
 from freeact_export.files import atomic_path
+from freeact_export.mapped import read_safetensors, write_safetensors
 
 PLAN_VERSION = 1
 PLAN_JSON, PLAN_TENSORS = "plan.json", "plan.safetensors"
@@ -91,6 +92,12 @@ class Plan:
     info: dict = dataclasses.field(default_factory=dict)
     model: dict = dataclasses.field(default_factory=dict)
 
+    def materialize(self) -> None:
+        """Read mapped codes into memory (Plan.load(mapped=True)), for users that may write into them."""
+        for group in self.groups:
+            for lin in group.linears:
+                lin.codes = lin.codes.clone()
+
     def save(self, folder: Path, overwrite: bool = False) -> None:
         """Write plan.json + plan.safetensors + manifest.json into a new folder, atomically."""
         with atomic_path(Path(folder), overwrite) as tmp:
@@ -108,7 +115,7 @@ class Plan:
     def write_files(self, folder: Path) -> None:
         """plan.json + plan.safetensors alone, for a folder whose own manifest covers them (api/onnx_in.py)."""
         schema, tensors = self._flatten()
-        save_file(tensors, Path(folder) / PLAN_TENSORS)
+        write_safetensors(Path(folder) / PLAN_TENSORS, tensors)  # a tensor at a time: codes may be mapped
         (Path(folder) / PLAN_JSON).write_text(json.dumps(schema, indent=2) + "\n")
 
     def _flatten(self) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -130,28 +137,34 @@ class Plan:
         return schema, tensors
 
     @classmethod
-    def load(cls, folder: Path) -> Plan:
+    def load(cls, folder: Path, mapped: bool = False) -> Plan:
         """Verify the plan's files against their manifest, then load; UserError naming what differs.
 
         A plan folder holds its own manifest.json; the plan/ of a rewritten folder is covered by
-        the folder's manifest, one level up.
+        the folder's manifest, one level up. mapped: the weights' codes stay in the file, mapped
+        (freeact_export.mapped: a big model's plan, used one layer at a time).
         """
         folder = Path(folder)
         root, kind = _manifest_home(folder)
         recorded = manifest.read(root, kind)
         prefix = "" if root == folder else f"{folder.name}/"
         manifest.verify(root, recorded, kind, [prefix + PLAN_JSON, prefix + PLAN_TENSORS])
-        plan = cls._read(folder)
+        plan = cls._read(folder, mapped)
         plan.model = {k: recorded["model"].get(k) for k in ("architecture", "num_layers")}
         manifest.check_plan_facts(root, recorded, kind, plan)
         return plan
 
     @classmethod
-    def _read(cls, folder: Path) -> Plan:
+    def _read(cls, folder: Path, mapped: bool = False) -> Plan:
         schema = json.loads((folder / PLAN_JSON).read_text())
         if schema.get("plan_version") != PLAN_VERSION:
             raise ValueError(f"plan version {schema.get('plan_version')} is not {PLAN_VERSION}")
-        tensors = load_file(folder / PLAN_TENSORS)
+        if mapped:
+            codes = {f"g{g}.w{i}.codes" for g, group in enumerate(schema["groups"])
+                     for i in range(len(group["linears"]))}
+            tensors = read_safetensors(folder / PLAN_TENSORS, mapped=codes)
+        else:
+            tensors = load_file(folder / PLAN_TENSORS)
         groups = []
         for g_index, g in enumerate(schema["groups"]):
             own = {k: v for k, v in tensors.items() if k.startswith(f"g{g_index}.")}

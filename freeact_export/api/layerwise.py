@@ -21,6 +21,7 @@ from freeact_export.calibrate.run import check_type_counts
 from freeact_export.config import CalibSpec, FreeActSpec, WeightOptions
 from freeact_export.distributed import Ranks
 from freeact_export.errors import UserError
+from freeact_export.mapped import spill as mapped_spill
 from freeact_export.plan import Plan
 from freeact_export.quantize.planner import Planner, torch_weights
 from freeact_export.simulate.fake_quant import with_groups
@@ -34,7 +35,8 @@ def plan_layer_by_layer(model: torch.nn.Module, windows: np.ndarray, token_types
                         rounding: WeightOptions = WeightOptions(), checkpoint: str | Path | None = None,
                         propagate: str = "fp", load: Callable[[int], None] = lambda index: None,
                         release: Callable[[int], None] = lambda index: None, progress: bool = True,
-                        ranks: Ranks | None = None) -> tuple[Plan, MassiveTokens, dict[str, int]]:
+                        ranks: Ranks | None = None, spill: Path | None = None
+                        ) -> tuple[Plan, MassiveTokens, dict[str, int]]:
     """The plan of `model` built layer by layer, the massive-activation counts and the per-type token counts.
 
     checkpoint: learned groups are saved under checkpoint/layer-NNNN/ (one settings file per
@@ -44,6 +46,8 @@ def plan_layer_by_layer(model: torch.nn.Module, windows: np.ndarray, token_types
     ranks: split windows and groups across processes (freeact_export.distributed); every rank
     returns the whole plan (the massive-activation counts are rank 0's only). Checkpoints go to
     checkpoint/layer-NNNN-rank-R-of-N/, so a stopped run resumes with the same number of ranks.
+    spill: a folder where each layer's weight codes go once it is planned; the plan maps them from
+    there (freeact_export.mapped), so they are not resident (7 GB for an 8B model).
     """
     if propagate not in PROPAGATION:
         raise ValueError(f"propagate must be one of {PROPAGATION} (got {propagate})")
@@ -76,6 +80,11 @@ def plan_layer_by_layer(model: torch.nn.Module, windows: np.ndarray, token_types
             prefix = f"{stream.prefix}.{index}."
             outputs = stream.run(index, with_groups(stream.layers[index], prefix, layer_groups,
                                                         planner.act_spec, stream.context))
+        if spill is not None:
+            mapped = iter(mapped_spill([lin.codes for g in layer_groups for lin in g.linears],
+                                       Path(spill) / f"layer-{index:04d}.codes"))
+            for lin in (lin for g in layer_groups for lin in g.linears):
+                lin.codes = next(mapped)
         stream.advance(index, outputs)
     plan = planner.plan(token_types.to_text())
     if ranks is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
         from freeact_export.kernels.launch import require_mode
 
         require_mode(torch.device(device))  # before the model loads
-    loaded = None if plan is None else _load_plan(plan)
+    loaded = None if plan is None else _load_plan(plan)  # codes mapped from the file until a runner needs them
     if model is None:
         if loaded is None or not loaded.info.get("model"):
             raise UserError("give --model (the plan does not name its model)" if loaded else "give --model")
@@ -142,6 +143,7 @@ def evaluate(model: str | None, corpus: str, spec: EvalSpec = EvalSpec(), *, dty
         bare = skeleton(source)  # the plan's recorded model against this one's, before any weight is loaded
         if bare is not None:
             require_fit(bare, loaded, f"the plan in {plan}", model)
+        loaded.materialize()  # these runners hold the whole model anyway, and may write into what they hold
         if runtime == "kernels":
             from freeact_export.runtime.kernel_model import KernelLogits
 
@@ -172,7 +174,7 @@ def _load_plan(folder: str | Path) -> Plan:
                 if (folder / "plan" / "plan.json").is_file() else "")
         raise UserError(f"{folder} holds no plan.json; write one with 'freeact-export quantize ... -o {folder}'{hint}")
     try:
-        return Plan.load(folder)
+        return Plan.load(folder, mapped=True)
     except (ValueError, OSError) as err:
         raise UserError(f"cannot load the plan in {folder}: {err}") from None
 
@@ -380,10 +382,14 @@ def quantize_layer_by_layer(model: str, corpus: str = "wiki", method: str = DEFA
         require_room(plan_output, sum(m.weight.numel() for m in names.values()), "the plan (a byte per linear weight)")
     check_rounding(bits, rounding, ((name, m.in_features) for name, m in names.items()))
     freeact = FREEACT_PRESETS[preset] if freeact is None else freeact
-    plan, massive, counts = plan_layer_by_layer(
-        lazy.model, inputs.calib_windows, inputs.token_types, inputs.calib, method, bits, seed=seed, freeact=freeact,
-        rounding=rounding, checkpoint=checkpoint, propagate=propagate, load=lazy.load, release=lazy.release,
-        progress=progress, ranks=ranks)
+    # each layer's codes go to a file once planned and are mapped from it (freeact_export.mapped); the mappings
+    # keep the files' data after the folder is gone, so nothing is left behind however the run ends
+    with tempfile.TemporaryDirectory(prefix=".freeact-codes-", dir=None if plan_output is None else
+                                     Path(plan_output).absolute().parent) as spill:
+        plan, massive, counts = plan_layer_by_layer(
+            lazy.model, inputs.calib_windows, inputs.token_types, inputs.calib, method, bits, seed=seed,
+            freeact=freeact, rounding=rounding, checkpoint=checkpoint, propagate=propagate, load=lazy.load,
+            release=lazy.release, progress=progress, ranks=ranks, spill=Path(spill))
     if ranks is not None and not ranks.leader:
         return plan, None
     quantize_s = round(time.perf_counter() - start, 1)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from freeact_export.calibrate.layerwise import LayerStream
 from freeact_export.lazy_weights import LazyModel
+from freeact_export.mapped import release
 from freeact_export.plan import Plan
 from freeact_export.simulate.fake_quant import with_groups
 from freeact_export.simulate.fit import require_fit
@@ -43,6 +44,7 @@ class LayerwiseLogits:
                 prefix = f"{stream.prefix}.{index}."
                 groups = [g for g in self.plan.groups if g.name.startswith(prefix)]
                 layer = with_groups(stream.layers[index], prefix, groups, self.plan.act_spec, stream.context)
+                release([lin.codes for g in groups for lin in g.linears])  # mapped codes: their pages go back
             stream.advance(index, stream.run(index, layer))
         self.lazy.load_head()
         self.done = True

@@ -118,6 +118,7 @@ def test_layer_by_layer_evaluation_and_quantize_give_the_whole_model_figures(tin
     assert reports["on"]["eval"]["runtime"] == "torch-fakequant-layerwise"
     assert reports["on"]["eval"]["window_nll_means"] == reports["off"]["eval"]["window_nll_means"]
     assert reports["on"]["massive_activations"] == reports["off"]["massive_activations"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["off", "on"]  # the spilled codes' folder is gone
     plans = {lw: Plan.load(tmp_path / lw) for lw in ("off", "on")}
     _assert_same_groups(plans["off"].groups, plans["on"].groups)
     # the plan from the layer-by-layer run, evaluated whole, and the other way round
