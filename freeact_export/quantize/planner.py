@@ -150,12 +150,10 @@ class Planner:
             self.checkpoints.append(saved)
         for local, group in enumerate(tqdm(record.groups, desc=f"plan ({self.method})", unit="group",
                                            disable=not self.progress)):
-            self.groups.append(self._plan_group(weights, record, group, indices[local], saved))
-            if release:
-                del record.stats[group.name]
+            self.groups.append(self._plan_group(weights, record, group, indices[local], saved, release))
 
     def _plan_group(self, weights: WeightSource, record: CalibrationRecord, group, index: int,
-                    saved: LearnedGroups | None) -> GroupPlan:
+                    saved: LearnedGroups | None, release: bool = False) -> GroupPlan:
         linears = [weights(name) for name in group.linears]
         weight_spec, self.act_spec = bits_preset(self.bits, group.in_features, self.rounding)
         stats = record.stats[group.name]
@@ -175,6 +173,8 @@ class Planner:
             self.learned.append(result.info)
         kind, tensors = result.kind, _stored(result.tensors)
         hessian = transformed_hessian(stats, kind, tensors) if self.gptq or self.base.astro_weights else None
+        if release:  # before GPTQ's factorisation: a 14336-wide input's moments are 1.6 GB per type
+            del record.stats[group.name], stats, task
         return GroupPlan(group.name, group.in_features, kind, tensors,
                          quantize_weights(group.linears, linears, kind, tensors, weight_spec, result.weight_clip,
                                           hessian if self.gptq else None,
