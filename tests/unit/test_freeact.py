@@ -138,16 +138,22 @@ def test_per_type_factor_error_grows_with_energy_outside_the_row_space():
     assert errors == sorted(errors) and errors[-1] > 0.1
 
 
-def test_general_variant_learns_per_type_factors_for_a_low_rank_type():
-    gen = torch.Generator().manual_seed(0)
+def _ordinary_and_sinks(seed: int) -> tuple[list[TypeStats], torch.Tensor]:
+    """Two types' statistics (ordinary tokens; rank-2, massive sinks, every token kept) and a weight."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(300, D, generator=gen)
-    sinks = torch.randn(40, 2, generator=gen) @ torch.randn(2, D, generator=gen) * 30.0  # rank 2, massive
+    sinks = torch.randn(40, 2, generator=gen) @ torch.randn(2, D, generator=gen) * 30.0
     w = torch.randn(24, D, generator=gen)
     stats = []
     for part in (x, sinks):
         s = TypeStats.empty(D)
         s.add(part, keep=len(part), generator=gen)
         stats.append(s)
+    return stats, w
+
+
+def test_general_variant_learns_per_type_factors_for_a_low_rank_type():
+    stats, w = _ordinary_and_sinks(0)
     args = ("g", stats, [w], QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"),
             FreeActSpec(steps=200, lr=3e-2, type_weighting="equal", clip_start="none"), False)
     tensors, _, info = learn_freeact(*args, seed=0, per_type=True)
@@ -163,15 +169,7 @@ def test_branch_after_every_shared_step_falls_back_to_the_shared_result(branch_s
     """With branch_steps the shared transform learns all `steps` first, exactly as without any branch
     (same seed, same batches); the per-type branch is kept only where it ends lower, so the result is
     never worse than the shared learning alone, and where the branch loses it is that learning."""
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(300, D, generator=gen)
-    sinks = torch.randn(40, 2, generator=gen) @ torch.randn(2, D, generator=gen) * 30.0
-    w = torch.randn(24, D, generator=gen)
-    stats = []
-    for part in (x, sinks):
-        s = TypeStats.empty(D)
-        s.add(part, keep=len(part), generator=gen)
-        stats.append(s)
+    stats, w = _ordinary_and_sinks(1)
     shared = FreeActSpec(steps=100, lr=3e-2, clip_start="none", type_weighting=weighting, dedicated_fraction=0.0)
     args = ("g", stats, [w], QuantSpec(4, True, "channel"), QuantSpec(4, True, "token"))
     general, _, info = learn_freeact(*args, dataclasses.replace(shared, branch_steps=branch_steps), False,
