@@ -97,7 +97,10 @@ def learned_groups(folder: str | Path, record: CalibrationRecord, method: str, b
     """The checkpoint of `method`'s learned groups: keyed by what a learned group depends on, the
     settings and the statistics (each group's and type's mean energy tells another model or
     corpus apart). +gptq only changes how the learned transform's weights are rounded."""
-    settings = {"method": method.partition("+")[0], "bits": bits, "seed": seed, "learning": freeact.to_dict(),
+    learning = freeact.to_dict()
+    if not learning["branch_steps"] or method.startswith("flatquant"):  # the schedules it does not change:
+        del learning["branch_steps"]  # checkpoints from before the field existed stay valid
+    settings = {"method": method.partition("+")[0], "bits": bits, "seed": seed, "learning": learning,
                 "calibration": record.spec.to_dict(), "types": record.token_types.to_text(),
                 "groups": [g.name for g in record.groups]}
     learning_rounding = dataclasses.replace(weights, act_order=False)  # GPTQ's order changes no learning

@@ -1,5 +1,6 @@
 """A learning run stopped part-way resumes from its checkpoint and gives the uninterrupted plan."""
 
+import dataclasses
 import json
 import time
 
@@ -114,6 +115,15 @@ def test_a_checkpoint_of_other_settings_is_refused(calibrated, tmp_path):
     with pytest.raises(UserError, match=r"other settings \(different calibration statistics\)"):
         build_plan(torch_weights(other_model), other, "flatquant", "w4a4", progress=False, freeact=LEARNING,
                    checkpoint=folder)
+    # a schedule the method does not use is not a setting of its groups: FlatQuant-style has no branch
+    build_plan(torch_weights(model), record, "flatquant", "w4a4", progress=False,
+               freeact=dataclasses.replace(LEARNING, branch_steps=3), checkpoint=folder)
+    general = tmp_path / "general"
+    build_plan(torch_weights(model), record, "freeact-general", "w4a4", progress=False, freeact=LEARNING,
+               checkpoint=general)
+    with pytest.raises(UserError, match=r"other settings \(different learning\)"):
+        build_plan(torch_weights(model), record, "freeact-general", "w4a4", progress=False,
+                   freeact=dataclasses.replace(LEARNING, branch_steps=3), checkpoint=general)
     with pytest.raises(UserError, match="does not exist; create it first"):
         build_plan(torch_weights(model), record, "flatquant", "w4a4", progress=False, freeact=LEARNING,
                    checkpoint=tmp_path / "missing" / "learned")
