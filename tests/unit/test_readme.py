@@ -103,14 +103,21 @@ def test_readme_cpu_preset_figures_match_their_record():
     for name in ("freeact-general/w4a4", "freeact-general+gptq/w4a4", "freeact-general/w4a8",
                  "freeact-general+gptq/w4a8"):
         cell = cells[name]
-        # learned before the branch came after every shared step (branch_steps); being re-measured
-        halves = dataclasses.replace(FREEACT_PRESETS["cpu"], branch_steps=0, continue_shared=False).to_dict()
-        halves.pop("branch_steps")
-        assert cell["preset"] == "cpu" and cell["learning_spec"] == halves
+        assert cell["preset"] == "cpu" and cell["learning_spec"] == FREEACT_PRESETS["cpu"].to_dict()
         assert cell["calibration"] == CALIB_PRESETS["cpu"].to_dict()
         assert (cell["eval"]["windows"], cell["eval"]["seqlen"], cell["eval"]["corpus"]) == (32, 1024, "wiki")
         assert f"**{cell['eval']['perplexity']:.2f}**" in section
     assert f"({cells['freeact-general/w4a4']['quantize_s']:.0f} s" in section
+    # the halves column: the same preset but for the schedule (100 shared steps, 100 on the branch)
+    halves = json.loads((ROOT / "results" / "smollm2-135m" / "fast-preset" / "halves" /
+                         "bench_accuracy.json").read_text())
+    schedule = dataclasses.replace(FREEACT_PRESETS["cpu"], branch_steps=0, continue_shared=False).to_dict()
+    del schedule["branch_steps"]  # the field came later
+    table = section.split("| freeact-general | W4A4 |", 1)[1]
+    for name in ("freeact-general/w4a4", "freeact-general+gptq/w4a4", "freeact-general/w4a8",
+                 "freeact-general+gptq/w4a8"):
+        assert halves[name]["learning_spec"] == schedule
+        assert f"| {halves[name]['eval']['perplexity']:.2f}" in "| freeact-general | W4A4 |" + table
     for name in ("quarot+gptq/w4a4", "smoothrot+gptq/w4a4", "quarot/w4a4", "smoothrot/w4a4", "rtn/w4a4",
                  "flatquant/w4a4", "flatquant+gptq/w4a4"):
         method = {"quarot": "QuaRot", "smoothrot": "SmoothRot", "rtn": "RTN",
