@@ -135,3 +135,12 @@ def test_readme_propagation_figures_match_their_records():
         assert (record["eval"]["windows"], record["eval"]["seqlen"]) == (32, 1024)
         row = next(line for line in section.splitlines() if line.startswith(f"| `{propagate}`"))
         assert f"{record['eval']['perplexity']:.2f}" in row and f"{record['quantize_s']:.0f} s" in row
+
+
+def test_readme_layer_errors_match_their_record():
+    """The W4A8 layer-by-layer count: groups where freeact-general+gptq's output error is below QuaRot+GPTQ's."""
+    record = json.loads((ROOT / "results" / "smollm2-135m" / "layer-errors" / "w4a8.json").read_text())
+    errors = record["errors"]
+    below = sum(errors["freeact-general+gptq"][g]["all"] < errors["quarot+gptq"][g]["all"]
+                for g in errors["quarot+gptq"])
+    assert f"QuaRot+GPTQ's in\n  {below} of the {len(errors['quarot+gptq'])} groups" in README
