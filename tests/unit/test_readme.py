@@ -144,3 +144,15 @@ def test_readme_layer_errors_match_their_record():
     below = sum(errors["freeact-general+gptq"][g]["all"] < errors["quarot+gptq"][g]["all"]
                 for g in errors["quarot+gptq"])
     assert f"QuaRot+GPTQ's in\n  {below} of the {len(errors['quarot+gptq'])} groups" in README
+
+
+def test_readme_seed_1_cells_match_their_record():
+    from freeact_export.config import FREEACT_PRESETS
+
+    folder = ROOT / "results" / "smollm2-135m" / "fast-preset" / "seed1"
+    cells = json.loads((folder / "bench_accuracy.json").read_text())
+    section = README.split("### The CPU preset, converged", 1)[1].split("\n### ", 1)[0]
+    for name in ("freeact-general/w4a4", "freeact-general+gptq/w4a4"):
+        assert cells[name]["seed"] == 1 and cells[name]["learning_spec"] == FREEACT_PRESETS["cpu"].to_dict()
+        assert f"**{cells[name]['eval']['perplexity']:.2f}**" in section
+    assert f"run alone: {cells['freeact-general/w4a4']['quantize_s']:.0f} s)" in section
