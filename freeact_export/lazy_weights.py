@@ -103,7 +103,7 @@ class LazyModel:
 
     def _fill(self, names: list[str]) -> None:
         empty = [n for n in names if self._parameter(n).device.type == "meta"]  # others: read already, or tied
-        missing = [n for n in empty if n not in self.tensors and not self._tied(n)]
+        missing = [n for n in empty if n not in self.tensors and not self.tied(n)]
         if missing:
             raise UserError(f"{self.tensors.folder} lacks the model's tensor {missing[0]}; the folder is incomplete")
         for name, value in self.tensors.read([n for n in empty if n in self.tensors]).items():
@@ -119,7 +119,8 @@ class LazyModel:
         module_name, _, attr = name.rpartition(".")
         return getattr(self.model.get_submodule(module_name), attr)
 
-    def _tied(self, name: str) -> bool:
+    def tied(self, name: str) -> bool:
+        """Whether `name` is the output head tied to the embeddings (read from them, not from the shards)."""
         config = self.model.config
         return getattr(config, "tie_word_embeddings", False) and name.endswith("lm_head.weight")
 

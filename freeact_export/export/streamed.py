@@ -45,7 +45,7 @@ class _Source:
         self.tensors, self.buffers = SafetensorsFolder(folder), buffers
         embeddings = lazy.model.get_input_embeddings()
         name = next(n for n, m in lazy.model.named_modules() if m is embeddings)
-        self.tied = {n: f"{name}.weight" for n in lazy.head_names if lazy._tied(n)}
+        self.tied = {n: f"{name}.weight" for n in lazy.head_names if lazy.tied(n)}
 
     def tensor(self, name: str, dtype: torch.dtype, transpose: bool) -> torch.Tensor:
         """The tensor as the graph holds it: in the traced dtype (buffers such as rotary tables can stay
